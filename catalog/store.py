@@ -1,0 +1,135 @@
+"""The DuckDB catalogue: one writer per build, swapped in atomically; readers open it read-only.
+
+A build copies the current catalogue file, writes into the copy and renames
+it over the original when it finishes, so a reader sees either the previous
+build or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from catalog.schema import CATALOGUE_VERSION
+
+CATALOGUE_FILE = "catalogue.duckdb"
+LOCK_FILE = ".build.lock"
+
+SCHEMA_SQL = Path(__file__).with_name("schema.sql")
+VIEWS_SQL = Path(__file__).with_name("views.sql")
+
+
+class CatalogueError(Exception):
+    """A catalogue that is missing, locked or of an unknown version."""
+
+
+def catalogue_path(out_dir: Path) -> Path:
+    """Return the catalogue file of an output folder."""
+    return Path(out_dir) / CATALOGUE_FILE
+
+
+@contextmanager
+def build_lock(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out_dir`` for one build.
+
+    Raises CatalogueError at once when another build holds it, because two
+    writers would overwrite each other's images and catalogue.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(out_dir / LOCK_FILE, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            raise CatalogueError(
+                f"another build is running in {out_dir} (lock {out_dir / LOCK_FILE}); wait for it to finish"
+            ) from error
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def catalogue_version(connection: duckdb.DuckDBPyConnection) -> int | None:
+    """Return the version stored in a catalogue, or None for an empty database."""
+    tables = {row[0] for row in connection.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    if "catalogue_meta" not in tables:
+        return None if not tables else 0
+    row = connection.execute("SELECT value FROM catalogue_meta WHERE key = 'catalogue_version'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def ensure_schema(connection: duckdb.DuckDBPyConnection) -> None:
+    """Create the tables of an empty catalogue, or check the version of an existing one."""
+    version = catalogue_version(connection)
+    if version is None:
+        connection.execute(SCHEMA_SQL.read_text())
+        connection.execute(
+            "INSERT INTO catalogue_meta VALUES ('catalogue_version', ?)", [str(CATALOGUE_VERSION)]
+        )
+    elif version != CATALOGUE_VERSION:
+        raise CatalogueError(
+            f"catalogue has version {version}, this fossil-slices reads version {CATALOGUE_VERSION}; "
+            "rebuild into a new output folder or move the old catalogue.duckdb away"
+        )
+    connection.execute(VIEWS_SQL.read_text())
+
+
+@contextmanager
+def open_writer(out_dir: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open a writable copy of the catalogue and swap it in when the block succeeds."""
+    target = catalogue_path(out_dir)
+    staging = target.with_name(target.name + ".writing")
+    staging.unlink(missing_ok=True)
+    if target.exists():
+        shutil.copyfile(target, staging)
+    connection = duckdb.connect(str(staging))
+    try:
+        ensure_schema(connection)
+        yield connection
+        connection.execute("CHECKPOINT")
+    except BaseException:
+        connection.close()
+        staging.unlink(missing_ok=True)
+        raise
+    connection.close()
+    os.replace(staging, target)
+
+
+def open_reader(out_dir: Path) -> duckdb.DuckDBPyConnection:
+    """Open the catalogue of ``out_dir`` read-only."""
+    path = catalogue_path(out_dir)
+    if not path.exists():
+        raise CatalogueError(f"no catalogue at {path}; run 'fossil-slices build SCANS_DIR {out_dir}' first")
+    connection = duckdb.connect(str(path), read_only=True)
+    version = catalogue_version(connection)
+    if version != CATALOGUE_VERSION:
+        connection.close()
+        raise CatalogueError(
+            f"catalogue {path} has version {version}, this fossil-slices reads version {CATALOGUE_VERSION}; "
+            "rebuild it with this version"
+        )
+    return connection
+
+
+def insert_arrow(connection: duckdb.DuckDBPyConnection, table_name: str, table: pa.Table) -> None:
+    """Append an Arrow table to a catalogue table, matching columns by name."""
+    if table.num_rows == 0:
+        return
+    connection.register("incoming_rows", table)
+    try:
+        columns = ", ".join(f'"{name}"' for name in table.column_names)
+        connection.execute(f"INSERT INTO {table_name} ({columns}) SELECT {columns} FROM incoming_rows")
+    finally:
+        connection.unregister("incoming_rows")

@@ -1,0 +1,27 @@
+"""Task runners for the per-scan tasks: threads, processes or a Dask cluster."""
+
+from __future__ import annotations
+
+from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+
+from flows.config import BuildConfig
+
+
+def make_task_runner(config: BuildConfig):
+    """Return the Prefect task runner that ``config.task_runner`` names.
+
+    ``dask`` connects to ``config.dask_address`` when it is set, and otherwise
+    starts a local cluster of ``max_workers`` single-threaded worker processes.
+    """
+    if config.task_runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=config.max_workers)
+    if config.task_runner == "processes":
+        return ProcessPoolTaskRunner(max_workers=config.max_workers)
+    from prefect_dask import DaskTaskRunner
+
+    if config.dask_address:
+        return DaskTaskRunner(address=config.dask_address)
+    return DaskTaskRunner(
+        cluster_kwargs={"n_workers": config.max_workers, "threads_per_worker": 1, "processes": True,
+                        "dashboard_address": None},
+    )

@@ -1,0 +1,90 @@
+"""Files beside the images: manifest with the dataset hash, metadata.csv, classes.json."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from tasks.export import FILE_SUFFIX, write_atomic
+from tasks.split import SPLITS
+
+IMAGE_SUFFIXES = frozenset(FILE_SUFFIX.values())
+METADATA_COLUMNS = (
+    "file_name", "species", "specimen", "scan", "scan_hash", "view", "slice_index", "split",
+    "area_fraction", "sharpness", "intensity_mean", "n_components",
+)
+
+
+def dataset_hash(files: Iterable[tuple[str, str]]) -> str:
+    """Return the SHA-256 over ``"<sha256>  <path>"`` lines of (path, sha256) pairs, sorted by path."""
+    digest = hashlib.sha256()
+    for path, sha in sorted(files):
+        digest.update(f"{sha}  {path}\n".encode())
+    return digest.hexdigest()
+
+
+def write_manifest(out_dir: Path, files: list[tuple[str, str]]) -> str:
+    """Write ``manifest.json`` (each file's SHA-256 and the dataset hash); return the dataset hash."""
+    digest = dataset_hash(files)
+    document = {
+        "dataset_hash": digest,
+        "files": [{"file": path, "sha256": sha} for path, sha in sorted(files)],
+    }
+    write_atomic(out_dir / "manifest.json", (json.dumps(document, indent=1) + "\n").encode())
+    return digest
+
+
+def write_split_metadata(out_dir: Path, rows: list[dict]) -> None:
+    """Write ``<split>/metadata.csv`` in the layout Hugging Face ``imagefolder`` reads.
+
+    ``file_name`` is relative to the split folder, as that loader expects.
+    A split with no images gets no file.
+    """
+    for split in SPLITS:
+        selected = sorted((row for row in rows if row["split"] == split), key=lambda row: row["file_name"])
+        target = out_dir / split / "metadata.csv"
+        if not selected:
+            target.unlink(missing_ok=True)
+            continue
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=METADATA_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(selected)
+        write_atomic(target, buffer.getvalue().encode())
+
+
+def write_classes(out_dir: Path, species: Iterable[str]) -> dict[str, int]:
+    """Write ``classes.json``: class indexes in alphabetical order, as Keras and torchvision assign them."""
+    classes = {name: index for index, name in enumerate(sorted(set(species)))}
+    write_atomic(out_dir / "classes.json", (json.dumps(classes, indent=1, ensure_ascii=False) + "\n").encode())
+    return classes
+
+
+def remove_stale_images(out_dir: Path, keep: set[str]) -> list[str]:
+    """Delete images under the split folders that are not in ``keep`` (paths below ``out_dir``).
+
+    Also removes temporary files left by an interrupted build, and empty
+    species folders. Returns the removed image paths.
+    """
+    removed = []
+    for split in SPLITS:
+        root = out_dir / split
+        if not root.is_dir():
+            continue
+        for path in sorted(root.rglob("*")):
+            if not path.is_file():
+                continue
+            relative = path.relative_to(out_dir).as_posix()
+            if path.name.startswith(".tmp-"):
+                path.unlink()
+            elif path.suffix in IMAGE_SUFFIXES and relative not in keep:
+                path.unlink()
+                removed.append(relative)
+        for folder in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
+            if not any(folder.iterdir()):
+                folder.rmdir()
+    return removed

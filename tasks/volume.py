@@ -1,0 +1,277 @@
+"""Read a scan file into one float32 volume in canonical (RAS) orientation.
+
+The loader accepts NIfTI-1/2 (``.nii``, ``.nii.gz``) and multi-page TIFF
+stacks. It decides gzip by the file's first bytes, not its name, and it keeps
+memory bounded: the raw data stays memory-mapped where nibabel or tifffile
+allow it, and the only full-size array it allocates is the float32 result.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import tifffile
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
+from scipy import ndimage
+
+GZIP_MAGIC = b"\x1f\x8b"
+TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+# Voxel sizes that differ by more than this fraction are resampled to isotropic.
+ANISOTROPY_TOLERANCE = 0.001
+
+SCAN_SUFFIXES = (".nii.gz", ".nii", ".tiff", ".tif")
+
+
+class ScanReadError(Exception):
+    """A scan that cannot be analysed, with the catalogue status and the reason.
+
+    ``status`` is ``"corrupt"`` for damaged files (bad gzip stream, truncated
+    data, unreadable header) and ``"unsupported"`` for well-formed files that
+    do not hold one 3D scalar volume (4D series, RGB, 2D images).
+    """
+
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A scan's voxels after loading, reorientation and resampling.
+
+    Attributes
+    ----------
+    data : ndarray of float32, shape (X, Y, Z)
+        Scaled intensities; axis 0 points to the right, axis 1 anterior and
+        axis 2 superior (RAS). NaN and infinite voxels are kept as they are.
+    voxel_size : float
+        Edge length of the (isotropic) voxels in the file's spatial unit.
+    source_shape : tuple of int
+        Shape of the stored array after squeezing trailing singleton axes.
+    source_dtype : str
+        Stored data type, e.g. ``">i2"`` for big-endian int16.
+    source_orientation : str
+        Axis codes of the stored array, e.g. ``"LAS"``.
+    source_voxel_size : tuple of float
+        Voxel sizes of the stored array along its own axes.
+    resampled : bool
+        Whether the volume was resampled to isotropic voxels.
+    """
+
+    data: np.ndarray
+    voxel_size: float
+    source_shape: tuple[int, ...]
+    source_dtype: str
+    source_orientation: str
+    source_voxel_size: tuple[float, ...]
+    resampled: bool
+
+
+def scan_stem(name: str) -> str | None:
+    """Return a file name without its scan suffix, or None for other files.
+
+    >>> scan_stem("Bone_specimen3_avizo.nii.gz")
+    'Bone_specimen3_avizo'
+    >>> scan_stem("notes.txt") is None
+    True
+    """
+    lowered = name.lower()
+    for suffix in SCAN_SUFFIXES:
+        if lowered.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def sniff_format(path: Path) -> str:
+    """Return ``"gzip"``, ``"tiff"`` or ``"raw"`` from the file's first bytes."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head[:2] == GZIP_MAGIC:
+        return "gzip"
+    if head in TIFF_MAGICS:
+        return "tiff"
+    return "raw"
+
+
+def load_volume(path: Path, *, tiff_voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> Volume:
+    """Load a scan as a canonical, isotropic float32 volume.
+
+    Parameters
+    ----------
+    path : Path
+        A NIfTI or multi-page TIFF file. Gzip compression is detected from
+        the content, so a gzip stream named ``.nii`` and a plain file named
+        ``.nii.gz`` both load.
+    tiff_voxel_size : tuple of 3 float
+        Voxel size (x, y, z) for TIFF stacks, which do not record one.
+
+    Returns
+    -------
+    Volume
+
+    Raises
+    ------
+    ScanReadError
+        With status ``"corrupt"`` or ``"unsupported"`` and a reason that
+        names the problem.
+    """
+    kind = sniff_format(path)
+    if kind == "tiff":
+        raw, zooms, orientation = _read_tiff(path, tiff_voxel_size)
+        affine_ornt = nib.orientations.axcodes2ornt(("R", "A", "S"))
+    else:
+        image = _open_nifti(path, compressed=kind == "gzip")
+        raw, zooms, affine_ornt, orientation = _read_nifti(image, path)
+
+    source_shape = tuple(int(n) for n in raw.shape)
+    source_dtype = raw.dtype.str
+    canonical = nib.orientations.apply_orientation(raw.array if isinstance(raw, _Scaled) else raw, affine_ornt)
+    canonical_zooms = _reorder_zooms(zooms, affine_ornt)
+
+    slope, inter = (raw.slope, raw.inter) if isinstance(raw, _Scaled) else (1.0, 0.0)
+    data, voxel_size, resampled = _to_isotropic_float32(canonical, canonical_zooms, path)
+    if slope != 1.0:
+        data *= np.float32(slope)
+    if inter != 0.0:
+        data += np.float32(inter)
+
+    return Volume(
+        data=data,
+        voxel_size=voxel_size,
+        source_shape=source_shape,
+        source_dtype=source_dtype,
+        source_orientation=orientation,
+        source_voxel_size=tuple(float(z) for z in zooms),
+        resampled=resampled,
+    )
+
+
+@dataclass(frozen=True)
+class _Scaled:
+    """Unscaled stored voxels with the header's linear scaling."""
+
+    array: np.ndarray
+    slope: float
+    inter: float
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.array.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.array.dtype
+
+
+def _open_nifti(path: Path, *, compressed: bool) -> nib.Nifti1Image:
+    named_compressed = path.name.lower().endswith(".gz")
+    try:
+        if compressed == named_compressed:
+            return nib.load(path, mmap=True)
+        # The name lies about the compression, so give nibabel a file object
+        # that matches the content instead of letting it choose by suffix.
+        fileobj = gzip.open(path, "rb") if compressed else open(path, "rb")
+        holder = nib.FileHolder(filename=str(path), fileobj=fileobj)
+        for image_class in (nib.Nifti1Image, nib.Nifti2Image):
+            try:
+                fileobj.seek(0)
+                return image_class.from_file_map({"image": holder, "header": holder}, mmap=False)
+            except (HeaderDataError, ImageFileError):
+                continue
+        raise ImageFileError("not a NIfTI-1 or NIfTI-2 header")
+    except (ImageFileError, HeaderDataError, EOFError, OSError, zlib.error, ValueError) as error:
+        raise ScanReadError("corrupt", f"unreadable header: {error}") from error
+
+
+def _read_nifti(image, path: Path):
+    header_dtype = image.get_data_dtype()
+    if header_dtype.names is not None or header_dtype.kind == "V":
+        raise ScanReadError("unsupported", f"RGB or structured voxels ({header_dtype}) are not a scalar volume")
+
+    shape = _squeeze_trailing(image.shape)
+    if len(shape) > 3:
+        raise ScanReadError("unsupported", f"4D data with {shape[3]} volumes; expected one 3D volume")
+    if len(shape) < 3:
+        raise ScanReadError("unsupported", f"{len(shape)}D data of shape {shape}; expected a 3D volume")
+
+    try:
+        array = np.asanyarray(image.dataobj.get_unscaled()).reshape(shape)
+    except (ValueError, EOFError, OSError, zlib.error) as error:
+        raise ScanReadError("corrupt", f"truncated or damaged voxel data: {error}") from error
+
+    slope = float(image.dataobj.slope)
+    inter = float(image.dataobj.inter)
+    ornt = nib.orientations.io_orientation(image.affine)
+    if np.isnan(ornt).any():
+        raise ScanReadError("corrupt", f"affine has no usable orientation: {image.affine.tolist()}")
+    orientation = "".join(nib.orientations.aff2axcodes(image.affine))
+    zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
+    if not all(np.isfinite(zooms)) or min(zooms) <= 0:
+        # Zero or missing voxel sizes are common in exports; treat them as 1.
+        zooms = (1.0, 1.0, 1.0)
+    return _Scaled(array, slope, inter), zooms, ornt, orientation
+
+
+def _read_tiff(path: Path, voxel_size: tuple[float, float, float]):
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape = _squeeze_trailing(series.shape)
+            if len(shape) == 4 and shape[-1] in (3, 4):
+                raise ScanReadError("unsupported", f"RGB TIFF stack of shape {shape} is not a scalar volume")
+            if len(shape) != 3:
+                raise ScanReadError("unsupported", f"TIFF stack of shape {shape}; expected (z, y, x)")
+            try:
+                stack = tifffile.memmap(path)
+            except ValueError:
+                # Compressed or tiled pages cannot be memory-mapped.
+                stack = series.asarray()
+    except ScanReadError:
+        raise
+    except (tifffile.TiffFileError, ValueError, OSError, EOFError) as error:
+        raise ScanReadError("corrupt", f"unreadable TIFF: {error}") from error
+
+    # Pages are z, rows y and columns x; the volume convention is (x, y, z).
+    zyx = np.asarray(stack).reshape(shape)
+    return zyx.transpose(2, 1, 0), tuple(float(v) for v in voxel_size), "RAS"
+
+
+def _squeeze_trailing(shape: tuple[int, ...]) -> tuple[int, ...]:
+    shape = tuple(int(n) for n in shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
+
+
+def _reorder_zooms(zooms: tuple[float, ...], ornt: np.ndarray) -> tuple[float, float, float]:
+    # Row i of an orientation array sends stored axis i to output axis ornt[i, 0].
+    reordered = [0.0, 0.0, 0.0]
+    for axis, (target, _flip) in enumerate(ornt):
+        reordered[int(target)] = float(zooms[axis])
+    return tuple(reordered)
+
+
+def _to_isotropic_float32(array: np.ndarray, zooms: tuple[float, float, float], path: Path):
+    smallest = min(zooms)
+    if max(zooms) <= smallest * (1.0 + ANISOTROPY_TOLERANCE):
+        try:
+            return np.array(array, dtype=np.float32, order="C"), float(zooms[0]), False
+        except (ValueError, OSError, EOFError, zlib.error) as error:
+            raise ScanReadError("corrupt", f"truncated or damaged voxel data: {error}") from error
+
+    # NOTE: resampling to the finest voxel size keeps every detail but grows
+    # the volume by the anisotropy ratio; a very anisotropic scan may not fit.
+    factors = [zoom / smallest for zoom in zooms]
+    try:
+        resampled = ndimage.zoom(array, factors, output=np.float32, order=1, grid_mode=True, mode="nearest")
+    except (ValueError, OSError, EOFError, zlib.error) as error:
+        raise ScanReadError("corrupt", f"truncated or damaged voxel data: {error}") from error
+    return resampled, float(smallest), True
