@@ -135,7 +135,17 @@ def analyse(context: BuildContext, scans: list[dict], reports: list[SpeciesRepor
             retry = []
             for future in as_completed(list(futures)):
                 scan = futures[future]
-                summary = dict(future.result())
+                try:
+                    summary = dict(future.result())
+                except Exception as error:
+                    if attempt == 0:
+                        # A cache record can point at a result that moved with
+                        # its output folder; analysing again replaces it.
+                        logger.warning("scan %s: analysis failed (%s); retrying without the cache",
+                                       scan["relative_path"], error)
+                        retry.append(scan)
+                        continue
+                    summary = _failed_summary(scan, params_hash, error)
                 summary["cached"] = future.state.name == "Cached"
                 if summary["cached"] and not _stored_files_exist(summary):
                     # The cache record outlived the files it points at; analyse again.
@@ -152,6 +162,14 @@ def analyse(context: BuildContext, scans: list[dict], reports: list[SpeciesRepor
         scan["status"] = summary["status"]
         scan["reason"] = summary.get("reason") or None
     return summaries
+
+
+def _failed_summary(scan: dict, params_hash: str, error: Exception) -> dict:
+    """Summarise an analysis that raised, so the scan gets a status and the build goes on."""
+    return {
+        "scan_hash": scan["scan_hash"], "params_hash": params_hash, "status": "failed",
+        "reason": f"analysis raised {type(error).__name__}: {error}", "warnings": "", "n_slices": 0, "n_passing": 0,
+    }
 
 
 def _stored_files_exist(summary: dict) -> bool:

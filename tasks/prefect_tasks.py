@@ -39,11 +39,13 @@ def cached_analyse_scan(storage_dir: Path, refresh: bool = False):
     Every worker must reach ``storage_dir``, so that a cache record written by
     one process is found by the next build on any machine.
     """
+    # Without a separate key storage, Prefect writes each cache record and its
+    # result as one file named by the cache key, and finds it again relative to
+    # the storage folder. A separate key storage would record absolute paths,
+    # which break when the output folder is moved or mounted elsewhere.
     results = Path(storage_dir) / RESULTS_FOLDER
-    # Cache records and result values need separate folders because both are
-    # stored under the cache key.
-    policy = CacheKeyFnPolicy(cache_key_fn=analysis_cache_key).configure(key_storage=results / "records")
-    return analyse_scan.with_options(cache_policy=policy, result_storage=results / "values", refresh_cache=refresh)
+    policy = CacheKeyFnPolicy(cache_key_fn=analysis_cache_key)
+    return analyse_scan.with_options(cache_policy=policy, result_storage=results, refresh_cache=refresh)
 
 
 @task(name="export-scan", cache_policy=NO_CACHE, task_run_name="export {scan_name}")
