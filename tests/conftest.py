@@ -1,0 +1,53 @@
+"""Shared fixtures: one Prefect test server per session and builds of the real scans."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+from prefect.testing.utilities import prefect_test_harness  # noqa: E402
+
+from flows.cli import main  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL_CORES = DATA / "real-cores"
+REAL_SCANS = DATA / "real-scans"
+REAL_TIFF = DATA / "real-tiff"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_server():
+    """Run every flow of the session against one temporary Prefect server."""
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def run_cli(*args: str) -> int:
+    """Run the fossil-slices command line in this process and return its exit code."""
+    return main([str(arg) for arg in args] + [])
+
+
+@pytest.fixture(scope="session")
+def real_cores_build(tmp_path_factory) -> Path:
+    """Output folder of one build of the real-cores collection, shared by the session's tests.
+
+    Tests must not change it; copy it first.
+    """
+    assert REAL_CORES.is_dir(), f"real scans not found at {REAL_CORES}"
+    out = tmp_path_factory.mktemp("real-cores-build")
+    assert run_cli("build", REAL_CORES, out, "--quiet") == 0
+    return out
+
+
+@pytest.fixture
+def real_cores_copy(real_cores_build, tmp_path) -> Path:
+    """A private copy of the real-cores build that a test may change."""
+    target = tmp_path / "out"
+    shutil.copytree(real_cores_build, target)
+    return target
