@@ -11,22 +11,30 @@ from dataclasses import dataclass
 import cc3d
 import numpy as np
 import pyarrow as pa
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from skimage.filters import threshold_otsu
 
 from catalog.schema import SLICE_SCHEMA
 from tasks.chunks import chunks as _chunks
 from tasks.oblique import measure_oblique_slices
 from tasks.slice_metrics import accumulate_axis_metrics
+from tasks.volume import ValueCounts
 
 # Bump when a change to this module changes any analysis output, so cached
 # analyses from older code are not reused.
-ANALYSIS_CODE_VERSION = "analysis-1"
+ANALYSIS_CODE_VERSION = "analysis-2"
 
 HISTOGRAM_BINS = 1 << 16
 OTSU_BINS = 256
 OTSU_MIN_VOXELS = 10
 FALLBACK_FRACTION = 0.4
 OTSU_MAX_FRACTION = 0.8
+# Slices per slab when labelling components; labels are kept a slab at a time.
+COMPONENT_SLAB = 64
+COUNT_PIECE = 1 << 18
+# Slices per block when normalising; small blocks stay in cache between the steps.
+NORMALISE_SLICES = 2
 
 
 @dataclass(frozen=True)
@@ -122,18 +130,44 @@ def finite_percentiles(volume: np.ndarray, percentiles: tuple[float, float]) -> 
     return results[0], results[1], n_finite, n_nonfinite
 
 
+def counted_percentiles(histogram: ValueCounts, percentiles: tuple[float, float]) -> tuple[float, float, int, int]:
+    """Return exact percentiles from a table of distinct values and their counts.
+
+    Gives the same numbers as :func:`finite_percentiles` on the volume the
+    table describes, without reading the volume again.
+    """
+    counts = histogram.counts
+    n_finite = int(counts.sum())
+    if n_finite == 0:
+        return float("nan"), float("nan"), 0, 0
+    cumulative = np.cumsum(counts)
+
+    def order_statistic(rank: int) -> float:
+        return float(histogram.values[int(np.searchsorted(cumulative, rank, side="right"))])
+
+    results = []
+    for q in percentiles:
+        position = q / 100.0 * (n_finite - 1)
+        lower, upper = int(np.floor(position)), int(np.ceil(position))
+        low_value, high_value = order_statistic(lower), order_statistic(upper)
+        results.append(low_value + (high_value - low_value) * (position - lower))
+    return results[0], results[1], n_finite, 0
+
+
 def normalise_inplace(volume: np.ndarray, low: float, high: float) -> None:
     """Clip to [low, high] and scale to [0, 1] in place; non-finite voxels become 0."""
     scale = np.float32(1.0 / (high - low))
-    for start, stop in _chunks(volume.shape[0]):
+    for start, stop in _chunks(volume.shape[0], NORMALISE_SLICES):
         block = volume[start:stop]
-        np.nan_to_num(block, copy=False, nan=low, posinf=low, neginf=low)
+        finite = np.isfinite(block)
+        if not finite.all():
+            block[~finite] = low
         np.clip(block, low, high, out=block)
         block -= np.float32(low)
         block *= scale
 
 
-def choose_threshold(volume: np.ndarray) -> Threshold | None:
+def choose_threshold(volume: np.ndarray, histogram: ValueCounts | None = None) -> Threshold | None:
     """Choose the foreground threshold of a volume normalised to [0, 1].
 
     Otsu's method runs on the voxels above the volume minimum. It falls back
@@ -141,20 +175,38 @@ def choose_threshold(volume: np.ndarray) -> Threshold | None:
     fails, or when Otsu lands above 0.8 x max, because then it has split the
     bright tail of the fossil instead of fossil from background.
 
-    Returns None for a constant volume, which has no foreground.
+    Parameters
+    ----------
+    volume : ndarray of float32, shape (X, Y, Z)
+    histogram : ValueCounts, optional
+        The normalised volume's distinct values and counts. When given, the
+        volume is not read, and the result is the same.
+
+    Returns
+    -------
+    Threshold or None
+        None for a constant volume, which has no foreground.
     """
-    vmin = min(float(volume[start:stop].min()) for start, stop in _chunks(volume.shape[0]))
-    vmax = max(float(volume[start:stop].max()) for start, stop in _chunks(volume.shape[0]))
+    if histogram is None:
+        vmin = min(float(volume[start:stop].min()) for start, stop in _chunks(volume.shape[0]))
+        vmax = max(float(volume[start:stop].max()) for start, stop in _chunks(volume.shape[0]))
+    else:
+        vmin, vmax = float(histogram.values.min()), float(histogram.values.max())
     if vmax <= vmin:
         return None
     fallback = Threshold(FALLBACK_FRACTION * vmax, "fallback 0.4 x max")
 
     # Histogram of the voxels above the minimum, as Otsu's input.
     edges = np.linspace(vmin, vmax, OTSU_BINS + 1)
-    counts = np.zeros(OTSU_BINS, dtype=np.int64)
-    for start, stop in _chunks(volume.shape[0]):
-        block = volume[start:stop]
-        counts += np.histogram(block[block > vmin], bins=edges)[0]
+    if histogram is None:
+        counts = np.zeros(OTSU_BINS, dtype=np.int64)
+        for start, stop in _chunks(volume.shape[0]):
+            block = volume[start:stop]
+            counts += np.histogram(block[block > vmin], bins=edges)[0]
+    else:
+        above = histogram.values > vmin
+        weighted = np.histogram(histogram.values[above], bins=edges, weights=histogram.counts[above])[0]
+        counts = np.rint(weighted).astype(np.int64)
     if counts.sum() < OTSU_MIN_VOXELS:
         return fallback
 
@@ -169,15 +221,83 @@ def choose_threshold(volume: np.ndarray) -> Threshold | None:
 
 
 def largest_component(volume: np.ndarray, threshold: float) -> np.ndarray:
-    """Return the largest 26-connected component of ``volume > threshold`` as a bool mask."""
-    foreground = volume > threshold
-    if not foreground.any():
-        return foreground
-    return cc3d.largest_k(foreground, k=1, connectivity=26, binary_image=True).astype(bool, copy=False)
+    """Return the largest 26-connected component of ``volume > threshold`` as a bool mask.
+
+    Components are labelled one slab of slices at a time and joined across
+    slab faces, so that the labels never need a full-size uint32 array. Ties
+    go to the component that starts first in memory order, as with
+    ``cc3d.largest_k`` on the whole volume.
+
+    Parameters
+    ----------
+    volume : ndarray, shape (X, Y, Z)
+    threshold : float
+
+    Returns
+    -------
+    ndarray of bool, shape (X, Y, Z)
+    """
+    slabs = [_label_slab(volume[start:stop] > threshold) for start, stop in _chunks(volume.shape[0], COMPONENT_SLAB)]
+    offsets = np.cumsum([0] + [slab[1].size for slab in slabs])
+    sizes = np.concatenate([slab[1] for slab in slabs])
+    mask = np.zeros(volume.shape, dtype=bool)
+    if not sizes.any():
+        return mask
+
+    # Components of the whole volume: slab labels joined where they touch across a face.
+    pairs = [_touching_labels(slabs[s - 1][0][-1], slabs[s][0][0], offsets[s - 1], offsets[s])
+             for s in range(1, len(slabs))]
+    pairs = np.concatenate(pairs, axis=1) if pairs else np.zeros((2, 0), dtype=np.int64)
+    graph = coo_matrix((np.ones(pairs.shape[1], dtype=np.int8), (pairs[0], pairs[1])), shape=(sizes.size,) * 2)
+    _, component = connected_components(graph, directed=False)
+    totals = np.bincount(component, weights=sizes)
+    first_node = np.full(totals.size, sizes.size)
+    np.minimum.at(first_node, component, np.arange(sizes.size))
+    # Largest total, then the earliest first label (node order is memory order).
+    best = np.lexsort((first_node, -totals))[0]
+    keep = (component == best) & (sizes > 0)
+
+    for index, ((start, stop), (labels, _)) in enumerate(zip(_chunks(volume.shape[0], COMPONENT_SLAB), slabs)):
+        kept = np.flatnonzero(keep[offsets[index]:offsets[index + 1]])
+        if kept.size == 1:
+            np.equal(labels, kept[0], out=mask[start:stop])
+        elif kept.size > 1:
+            mask[start:stop] = np.isin(labels, kept)
+        slabs[index] = None  # free the slab's labels as soon as they are used
+    return mask
+
+
+def _label_slab(foreground: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Label one slab; return (labels, voxels per label with label 0 counted as 0)."""
+    labels, n = cc3d.connected_components(foreground, connectivity=26, return_N=True, binary_image=True)
+    if n < np.iinfo(np.uint16).max:
+        labels = labels.astype(np.uint16)
+    sizes = np.zeros(n + 1, dtype=np.int64)
+    flat = labels.ravel()
+    # Pieces keep bincount's intp copy of its input in cache.
+    for start, stop in _chunks(flat.size, COUNT_PIECE):
+        sizes += np.bincount(flat[start:stop], minlength=n + 1)
+    sizes[0] = 0
+    return labels, sizes
+
+
+def _touching_labels(last: np.ndarray, first: np.ndarray, last_offset: int, first_offset: int) -> np.ndarray:
+    """Return (2, n) node ids of labels that touch across a slab face, with 26-connectivity."""
+    rows, cols = last.shape
+    found = []
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            a = last[max(dr, 0):rows + min(dr, 0), max(dc, 0):cols + min(dc, 0)]
+            b = first[max(-dr, 0):rows + min(-dr, 0), max(-dc, 0):cols + min(-dc, 0)]
+            both = (a > 0) & (b > 0)
+            found.append(np.stack([a[both].astype(np.int64) + last_offset, b[both].astype(np.int64) + first_offset]))
+    # Repeated pairs are fine: the sparse graph adds them up.
+    return np.concatenate(found, axis=1)
 
 
 def analyse_volume(volume: np.ndarray, *, clip_percentiles=(1.0, 99.0), min_area_fraction=0.02,
-                   scan_hash: str = "", params_hash: str = "", oblique_views: bool = False) -> Analysis:
+                   scan_hash: str = "", params_hash: str = "", oblique_views: bool = False,
+                   histogram: ValueCounts | None = None) -> Analysis:
     """Analyse a float32 volume in place and measure its axis-aligned slices.
 
     Parameters
@@ -192,31 +312,48 @@ def analyse_volume(volume: np.ndarray, *, clip_percentiles=(1.0, 99.0), min_area
         A slice passes when its mask covers at least this fraction of it.
     oblique_views : bool
         Also measure the oblique views of :mod:`tasks.oblique`.
+    histogram : ValueCounts, optional
+        The volume's distinct values and counts (see :func:`tasks.volume.load_volume`).
+        Percentiles and Otsu then come from this table instead of passes
+        over the volume; the results are the same.
 
     Returns
     -------
     Analysis
         Status ``"analysed"``, or ``"degenerate"`` with the reason.
     """
-    low, high, n_finite, n_nonfinite = finite_percentiles(volume, clip_percentiles)
+    if histogram is not None:
+        low, high, n_finite, n_nonfinite = counted_percentiles(histogram, clip_percentiles)
+    else:
+        low, high, n_finite, n_nonfinite = finite_percentiles(volume, clip_percentiles)
     empty = SLICE_SCHEMA.empty_table()
+
+    def degenerate(reason: str, threshold=float("nan"), method="none") -> Analysis:
+        return Analysis("degenerate", reason, low, high, threshold, method, n_nonfinite, 0, None, empty)
+
     if n_finite == 0:
-        return Analysis("degenerate", "no finite voxel", low, high, float("nan"), "none", n_nonfinite, 0, None, empty)
+        return degenerate("no finite voxel: every voxel is NaN or infinite")
     if not high > low:
-        reason = f"constant volume: the {clip_percentiles[0]:g}th and {clip_percentiles[1]:g}th percentiles are both {low:g}"
-        return Analysis("degenerate", reason, low, high, float("nan"), "none", n_nonfinite, 0, None, empty)
+        return degenerate(
+            f"no contrast: the {clip_percentiles[0]:g}th and {clip_percentiles[1]:g}th percentiles of the finite "
+            f"voxels are both {low:g}, so every voxel equals the minimum after clipping (constant volume, or "
+            f"too few voxels above the background to reach the {clip_percentiles[1]:g}th percentile)"
+        )
 
     normalise_inplace(volume, low, high)
-    threshold = choose_threshold(volume)
+    if histogram is not None:
+        normalised = ValueCounts(histogram.values.copy(), histogram.counts)
+        normalise_inplace(normalised.values, low, high)
+        histogram = normalised
+    threshold = choose_threshold(volume, histogram)
     if threshold is None:
-        reason = "constant volume after normalisation"
-        return Analysis("degenerate", reason, low, high, float("nan"), "none", n_nonfinite, 0, None, empty)
+        return degenerate("constant volume after normalisation: no voxel is above the minimum")
 
     mask = largest_component(volume, threshold.value)
     mask_voxels = int(np.count_nonzero(mask))
     if mask_voxels == 0:
-        reason = f"no voxel above the threshold {threshold.value:.4f} ({threshold.method})"
-        return Analysis("degenerate", reason, low, high, threshold.value, threshold.method, n_nonfinite, 0, None, empty)
+        return degenerate(f"no voxel above the threshold {threshold.value:.4f} ({threshold.method})",
+                          threshold.value, threshold.method)
 
     # Everything outside the mask is background in every later step.
     np.multiply(volume, mask, out=volume)

@@ -42,14 +42,20 @@ def parse_view(view: str) -> tuple[str, int, int | None]:
     return plane, int(angle), None
 
 
+def _whole_extent(length: float) -> int:
+    # cos(90 degrees) is 6e-17, not 0: round away such dust before ceil, or a
+    # 26-voxel extent would give 27 slices.
+    return max(1, int(math.ceil(round(length, 9))))
+
+
 def _grid(shape: tuple[int, int, int], plane: str, angle_deg: int):
     """Return (n_slices, n_rows, n_cols, origin, normal, row_step, col_step) in voxel coordinates."""
     a, b, c = OBLIQUE_PLANES[plane]
     theta = math.radians(angle_deg)
     cos_t, sin_t = math.cos(theta), math.sin(theta)
     length_a, length_b = shape[a], shape[b]
-    n_slices = max(1, int(math.ceil(abs(length_a * cos_t) + abs(length_b * sin_t))))
-    n_rows = max(1, int(math.ceil(abs(length_a * sin_t) + abs(length_b * cos_t))))
+    n_slices = _whole_extent(abs(length_a * cos_t) + abs(length_b * sin_t))
+    n_rows = _whole_extent(abs(length_a * sin_t) + abs(length_b * cos_t))
     n_cols = shape[c]
 
     normal = np.zeros(3)

@@ -87,6 +87,7 @@ def run_scan_analysis(path: str, scan_hash: str, params: dict, params_hash: str,
         scan_hash=scan_hash,
         params_hash=params_hash,
         oblique_views=params.get("oblique_views", False),
+        histogram=volume.histogram,
     )
     if analysis.nonfinite_voxels:
         summary["warnings"] = (

@@ -1,8 +1,11 @@
-"""Per-slice statistics for all three axes in one chunked pass over a volume.
+"""Per-slice statistics for all three axes in one pass over a volume.
 
-Slices along axes 1 and 2 are not contiguous in memory, so instead of cutting
-them out one by one, each statistic is accumulated from blocks of consecutive
-axis-0 slices. Temporary arrays are only a block in size.
+Slices along axes 1 and 2 are not contiguous in memory, so they are not cut
+out one by one. Instead, blocks of consecutive axis-0 slices are reduced into
+small 2D projections (one value per row of voxels), and the per-slice values
+are read off those projections at the end.
+The Laplacians are taken plane by plane with OpenCV, so that temporaries stay
+one slice in size and in cache.
 """
 
 from __future__ import annotations
@@ -10,7 +13,13 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from tasks.chunks import CHUNK_SLICES, chunks
+from tasks.chunks import chunks
+
+# Slices per block for the projections; 4 slices of 512^2 float32 stay in cache.
+BLOCK_SLICES = 4
+# Tile of the axis-2 transposition: TRANSPOSE_ROWS x Y x TRANSPOSE_SLICES voxels.
+TRANSPOSE_SLICES = 64
+TRANSPOSE_ROWS = 8
 
 
 def _first_last(occupancy: np.ndarray) -> np.ndarray:
@@ -31,15 +40,6 @@ def _count_components(mask_slices: np.ndarray) -> np.ndarray:
     return counts
 
 
-def _second_difference(block: np.ndarray, axis: int) -> np.ndarray:
-    """Central second difference along ``axis``, trimmed by one voxel at each end of that axis."""
-    n = block.shape[axis]
-    lower = np.take(block, range(0, n - 2), axis=axis)
-    middle = np.take(block, range(1, n - 1), axis=axis)
-    upper = np.take(block, range(2, n), axis=axis)
-    return lower + upper - 2.0 * middle
-
-
 class _Moments:
     """Running sums of a quantity per slice: count, sum and sum of squares."""
 
@@ -52,6 +52,69 @@ class _Moments:
         safe = np.maximum(self.count, 1)
         mean = self.total / safe
         return np.maximum(self.squares / safe - mean * mean, 0.0)
+
+
+class _Projections:
+    """Reductions of a masked volume along axis 2 (``*_ij``) and axis 0 (``*_jk``).
+
+    Any per-slice sum, minimum or maximum of the three axes is a reduction of
+    one of these two arrays, and the ``ik`` occupancy gives the rest of the
+    bounding boxes.
+    """
+
+    def __init__(self, shape: tuple[int, int, int]):
+        nx, ny, nz = shape
+        self.count_ij = np.zeros((nx, ny), dtype=np.int64)
+        self.count_jk = np.zeros((ny, nz), dtype=np.int64)
+        self.occupancy_ik = np.zeros((nx, nz), dtype=bool)
+        self.total_ij = np.zeros((nx, ny))
+        self.total_jk = np.zeros((ny, nz))
+        self.squares_ij = np.zeros((nx, ny))
+        self.squares_jk = np.zeros((ny, nz))
+        self.min_ij = np.full((nx, ny), np.inf)
+        self.min_jk = np.full((ny, nz), np.inf)
+        self.max_ij = np.full((nx, ny), -np.inf)
+        self.max_jk = np.full((ny, nz), -np.inf)
+
+    def add_block(self, start: int, stop: int, block: np.ndarray, block_mask: np.ndarray) -> None:
+        rows = slice(start, stop)
+        counts = block_mask.view(np.uint8)
+        self.count_ij[rows] = counts.sum(axis=2, dtype=np.int64)
+        self.count_jk += counts.sum(axis=0, dtype=np.int64)
+        self.occupancy_ik[rows] = block_mask.any(axis=1)
+
+        self.total_ij[rows] = block.sum(axis=2, dtype=np.float64)
+        self.total_jk += block.sum(axis=0, dtype=np.float64)
+        square = block * block
+        self.squares_ij[rows] = square.sum(axis=2, dtype=np.float64)
+        self.squares_jk += square.sum(axis=0, dtype=np.float64)
+
+        # Extremes inside the mask only: voxels outside become +-inf first.
+        inside = np.where(block_mask, block, np.float32(np.inf))
+        self.min_ij[rows] = inside.min(axis=2)
+        np.minimum(self.min_jk, inside.min(axis=0), out=self.min_jk)
+        np.copyto(inside, block)
+        inside[~block_mask] = -np.inf
+        self.max_ij[rows] = inside.max(axis=2)
+        np.maximum(self.max_jk, inside.max(axis=0), out=self.max_jk)
+
+    def axis_sums(self, axis: int) -> tuple[np.ndarray, ...]:
+        """Return (area, total, squares, min, max) per slice along ``axis``."""
+        if axis == 2:
+            return (self.count_jk.sum(axis=0), self.total_jk.sum(axis=0), self.squares_jk.sum(axis=0),
+                    self.min_jk.min(axis=0), self.max_jk.max(axis=0))
+        other = 1 - axis  # reduce the ij projections over the other in-plane axis
+        return (self.count_ij.sum(axis=other), self.total_ij.sum(axis=other), self.squares_ij.sum(axis=other),
+                self.min_ij.min(axis=other), self.max_ij.max(axis=other))
+
+    def bboxes(self) -> list[np.ndarray]:
+        occupancy_ij = self.count_ij > 0
+        occupancy_jk = self.count_jk > 0
+        return [
+            np.concatenate([_first_last(occupancy_ij), _first_last(self.occupancy_ik)], axis=1),
+            np.concatenate([_first_last(occupancy_ij.T), _first_last(occupancy_jk)], axis=1),
+            np.concatenate([_first_last(self.occupancy_ik.T), _first_last(occupancy_jk.T)], axis=1),
+        ]
 
 
 def accumulate_axis_metrics(volume: np.ndarray, mask: np.ndarray) -> list[dict[str, np.ndarray]]:
@@ -69,66 +132,34 @@ def accumulate_axis_metrics(volume: np.ndarray, mask: np.ndarray) -> list[dict[s
     ``mask_pixels``, ``mean``, ``std``, ``min``, ``max`` (inside the mask),
     ``sharpness`` (variance of the 5-point Laplacian over the slice's
     interior pixels), ``bbox`` (n, 4: row0, row1, col0, col1, inclusive,
-    -1 when empty) and ``n_components``.
+    -1 when empty) and ``n_components`` (8-connected).
     """
-    shape = volume.shape
-    area = [np.zeros(n, dtype=np.int64) for n in shape]
-    total = [np.zeros(n, dtype=np.float64) for n in shape]
-    squares = [np.zeros(n, dtype=np.float64) for n in shape]
-    minimum = [np.full(n, np.inf) for n in shape]
-    maximum = [np.full(n, -np.inf) for n in shape]
-    laplacian = [_Moments(n) for n in shape]
-    components = [np.zeros(n, dtype=np.int32) for n in shape]
-
-    # Occupancy projections: any_k[i, j], any_j[i, k] and any_i[j, k].
-    occupancy_ij = np.zeros(shape[:2], dtype=bool)
-    occupancy_ik = np.zeros((shape[0], shape[2]), dtype=bool)
-    occupancy_jk = np.zeros(shape[1:], dtype=bool)
-
-    for start, stop in chunks(shape[0]):
-        block = volume[start:stop]
-        block_mask = mask[start:stop]
-        square = block * block
-        inside_min = np.where(block_mask, block, np.inf)
-
-        sums = [(1, 2), (0, 2), (0, 1)]
-        for axis, axes in enumerate(sums):
-            target = slice(start, stop) if axis == 0 else slice(None)
-            area[axis][target] += np.count_nonzero(block_mask, axis=axes)
-            total[axis][target] += block.sum(axis=axes, dtype=np.float64)
-            squares[axis][target] += square.sum(axis=axes, dtype=np.float64)
-            minimum[axis][target] = np.minimum(minimum[axis][target], inside_min.min(axis=axes))
-            maximum[axis][target] = np.maximum(maximum[axis][target], np.where(block_mask, block, -np.inf).max(axis=axes))
-
-        occupancy_ij[start:stop] = block_mask.any(axis=2)
-        occupancy_ik[start:stop] = block_mask.any(axis=1)
-        occupancy_jk |= block_mask.any(axis=0)
-
-        components[0][start:stop] = _count_components(block_mask)
-        _accumulate_laplacian(volume, start, stop, laplacian)
-
+    volume = np.ascontiguousarray(volume, dtype=np.float32)
+    mask = np.ascontiguousarray(mask, dtype=bool)
+    projections = _Projections(volume.shape)
+    components = [np.zeros(n, dtype=np.int32) for n in volume.shape]
+    for start, stop in chunks(volume.shape[0], BLOCK_SLICES):
+        projections.add_block(start, stop, volume[start:stop], mask[start:stop])
+        components[0][start:stop] = _count_components(mask[start:stop])
+    laplacian = laplacian_moments(volume)
     _count_components_along(mask, 1, components[1])
     _count_components_along(mask, 2, components[2])
 
-    bboxes = [
-        np.concatenate([_first_last(occupancy_ij), _first_last(occupancy_ik)], axis=1),
-        np.concatenate([_first_last(occupancy_ij.T), _first_last(occupancy_jk)], axis=1),
-        np.concatenate([_first_last(occupancy_ik.T), _first_last(occupancy_jk.T)], axis=1),
-    ]
-
+    bboxes = projections.bboxes()
     results = []
     for axis in range(3):
-        count = np.maximum(area[axis], 1)
-        mean = total[axis] / count
-        std = np.sqrt(np.maximum(squares[axis] / count - mean * mean, 0.0))
-        empty = area[axis] == 0
+        area, total, squares, minimum, maximum = projections.axis_sums(axis)
+        count = np.maximum(area, 1)
+        mean = total / count
+        std = np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
+        empty = area == 0
         results.append(
             {
-                "mask_pixels": area[axis],
+                "mask_pixels": area,
                 "mean": np.where(empty, np.nan, mean),
                 "std": np.where(empty, np.nan, std),
-                "min": np.where(empty, np.nan, minimum[axis]),
-                "max": np.where(empty, np.nan, maximum[axis]),
+                "min": np.where(empty, np.nan, minimum),
+                "max": np.where(empty, np.nan, maximum),
                 "sharpness": laplacian[axis].variance(),
                 "bbox": bboxes[axis].astype(np.int32),
                 "n_components": components[axis],
@@ -137,46 +168,70 @@ def accumulate_axis_metrics(volume: np.ndarray, mask: np.ndarray) -> list[dict[s
     return results
 
 
-def _accumulate_laplacian(volume: np.ndarray, start: int, stop: int, moments: list[_Moments]) -> None:
-    """Add the 5-point Laplacians of the slices that cross rows [start, stop) of axis 0.
+def laplacian_moments(volume: np.ndarray) -> list[_Moments]:
+    """Moments of the 5-point Laplacian over each slice's interior pixels, for the three axes.
 
-    Each slice's Laplacian is the sum of the second differences along the
-    slice's own two axes, taken at the slice's interior pixels.
+    A slice along axis ``a`` has the Laplacian ``d_b + d_c``, the sum of the
+    central second differences along its own two axes. Each is taken at the
+    slice's interior pixels (not on its border rows and columns).
+
+    Parameters
+    ----------
+    volume : ndarray of float32, shape (X, Y, Z), C-contiguous
+
+    Returns
+    -------
+    list of 3 ``_Moments``, one per axis, with one entry per slice.
     """
-    nx = volume.shape[0]
-    halo_start, halo_stop = max(start - 1, 0), min(stop + 1, nx)
-    block = volume[halo_start:halo_stop]
-    # Rows of ``block`` whose axis-0 neighbours both exist, limited to [start, stop).
-    inner0 = slice(max(start, 1) - halo_start, min(stop, nx - 1) - halo_start)
-    own = slice(start - halo_start, stop - halo_start)
+    nx, ny, nz = volume.shape
+    moments = [_Moments(n) for n in volume.shape]
+    has_rows, has_cols = ny >= 3, nz >= 3
+    for i in range(nx):
+        plane = volume[i]
+        d_rows = cv2.Sobel(plane, cv2.CV_32F, 0, 2, ksize=1) if has_rows else None  # along axis 1
+        d_cols = cv2.Sobel(plane, cv2.CV_32F, 2, 0, ksize=1) if has_cols else None  # along axis 2
+        if has_rows and has_cols:
+            _add_plane(moments[0], i, cv2.add(d_rows, d_cols)[1:-1, 1:-1])
+        if not 0 < i < nx - 1:
+            continue
+        d_depth = cv2.scaleAdd(plane, -2.0, cv2.add(volume[i - 1], volume[i + 1]))  # along axis 0
+        if has_cols:
+            # Axis-1 slices are (i, k) planes: one row of this plane per slice.
+            _add_rows(moments[1], cv2.add(d_depth, d_cols)[:, 1:-1], axis=1)
+        if has_rows:
+            # Axis-2 slices are (i, j) planes: one column of this plane per slice.
+            _add_rows(moments[2], cv2.add(d_depth, d_rows)[1:-1, :], axis=0)
+    return moments
 
-    d1 = _second_difference(block[own], 1)[:, :, 1:-1]
-    d2 = _second_difference(block[own], 2)[:, 1:-1, :]
-    plane0 = d1 + d2
-    moments[0].count[start:stop] += plane0[0].size
-    moments[0].total[start:stop] += plane0.sum(axis=(1, 2), dtype=np.float64)
-    moments[0].squares[start:stop] += np.square(plane0).sum(axis=(1, 2), dtype=np.float64)
 
-    if inner0.stop <= inner0.start:
-        return
-    d0 = _second_difference(block, 0)[inner0.start - 1 : inner0.stop - 1]
-    centre = block[inner0]
-    # Slices along axis 1 lie in the (0, 2) plane.
-    plane1 = d0[:, :, 1:-1] + _second_difference(centre, 2)
-    moments[1].count += plane1.shape[0] * plane1.shape[2]
-    moments[1].total += plane1.sum(axis=(0, 2), dtype=np.float64)
-    moments[1].squares += np.square(plane1).sum(axis=(0, 2), dtype=np.float64)
-    # Slices along axis 2 lie in the (0, 1) plane.
-    plane2 = d0[:, 1:-1, :] + _second_difference(centre, 1)
-    moments[2].count += plane2.shape[0] * plane2.shape[1]
-    moments[2].total += plane2.sum(axis=(0, 1), dtype=np.float64)
-    moments[2].squares += np.square(plane2).sum(axis=(0, 1), dtype=np.float64)
+def _add_plane(moments: _Moments, index: int, values: np.ndarray) -> None:
+    mean, std = cv2.meanStdDev(values)
+    n = values.size
+    moments.count[index] += n
+    moments.total[index] += float(mean[0, 0]) * n
+    moments.squares[index] += (float(std[0, 0]) ** 2 + float(mean[0, 0]) ** 2) * n
+
+
+def _add_rows(moments: _Moments, values: np.ndarray, axis: int) -> None:
+    """Add the sums of ``values`` along ``axis`` to the slices indexed by the other axis."""
+    dim = 1 if axis == 1 else 0
+    moments.count += values.shape[axis]
+    moments.total += cv2.reduce(values, dim, cv2.REDUCE_SUM, dtype=cv2.CV_64F).ravel()
+    moments.squares += cv2.reduce(cv2.multiply(values, values), dim, cv2.REDUCE_SUM, dtype=cv2.CV_64F).ravel()
 
 
 def _count_components_along(mask: np.ndarray, axis: int, out: np.ndarray) -> None:
-    """Count 2D components of the slices along axis 1 or 2, copying a block of slices at a time."""
-    for start, stop in chunks(mask.shape[axis], CHUNK_SLICES):
-        index = [slice(None)] * 3
-        index[axis] = slice(start, stop)
-        block = np.ascontiguousarray(np.moveaxis(mask[tuple(index)], axis, 0))
-        out[start:stop] = _count_components(block)
+    """Count 2D components of the slices along axis 1 or 2 of a C-ordered mask."""
+    if axis == 1:
+        # (i, k) planes have contiguous rows, which OpenCV reads in place.
+        for j in range(mask.shape[1]):
+            out[j] = _count_components(mask[:, j, :][None])[0]
+        return
+    # (i, j) planes are gathered TRANSPOSE_SLICES at a time, in tiles of
+    # TRANSPOSE_ROWS x-rows, so that each cache line read is used fully.
+    nx, ny, nz = mask.shape
+    for start, stop in chunks(nz, TRANSPOSE_SLICES):
+        planes = np.empty((stop - start, nx, ny), dtype=bool)
+        for row, row_stop in chunks(nx, TRANSPOSE_ROWS):
+            planes[:, row:row_stop, :] = mask[row:row_stop, :, start:stop].transpose(2, 0, 1)
+        out[start:stop] = _count_components(planes)

@@ -20,6 +20,8 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from scipy import ndimage
 
+from tasks.chunks import chunks
+
 GZIP_MAGIC = b"\x1f\x8b"
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
@@ -27,6 +29,12 @@ TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 ANISOTROPY_TOLERANCE = 0.001
 
 SCAN_SUFFIXES = (".nii.gz", ".nii", ".tiff", ".tif")
+
+# Tiles of CONVERT_SLICES x CONVERT_TILE rows when converting to float32,
+# and COUNT_PIECE voxels per bincount call: sizes that stay in cache.
+CONVERT_SLICES = 16
+CONVERT_TILE = 64
+COUNT_PIECE = 1 << 18
 
 
 class ScanReadError(Exception):
@@ -64,6 +72,9 @@ class Volume:
         Voxel sizes of the stored array along its own axes.
     resampled : bool
         Whether the volume was resampled to isotropic voxels.
+    histogram : ValueCounts or None
+        Every distinct voxel value and its count, for 8- and 16-bit integer
+        scans that were not resampled; None otherwise.
     """
 
     data: np.ndarray
@@ -73,6 +84,24 @@ class Volume:
     source_orientation: str
     source_voxel_size: tuple[float, ...]
     resampled: bool
+    histogram: "ValueCounts | None" = None
+
+
+@dataclass(frozen=True)
+class ValueCounts:
+    """The distinct values of a volume and how many voxels hold each.
+
+    Attributes
+    ----------
+    values : ndarray of float32, shape (n,)
+        Scaled values in ascending order, computed with the same float32
+        operations as the volume, so they are bit-identical to its voxels.
+    counts : ndarray of int64, shape (n,)
+        Voxels per value; every count is positive.
+    """
+
+    values: np.ndarray
+    counts: np.ndarray
 
 
 def scan_stem(name: str) -> str | None:
@@ -133,15 +162,12 @@ def load_volume(path: Path, *, tiff_voxel_size: tuple[float, float, float] = (1.
 
     source_shape = tuple(int(n) for n in raw.shape)
     source_dtype = raw.dtype.str
-    canonical = nib.orientations.apply_orientation(raw.array if isinstance(raw, _Scaled) else raw, affine_ornt)
-    canonical_zooms = _reorder_zooms(zooms, affine_ornt)
-
     slope, inter = (raw.slope, raw.inter) if isinstance(raw, _Scaled) else (1.0, 0.0)
-    data, voxel_size, resampled = _to_isotropic_float32(canonical, canonical_zooms, path)
-    if slope != 1.0:
-        data *= np.float32(slope)
-    if inter != 0.0:
-        data += np.float32(inter)
+    stored = raw.array if isinstance(raw, _Scaled) else raw
+    canonical = nib.orientations.apply_orientation(stored, affine_ornt)
+    canonical_zooms = _reorder_zooms(zooms, affine_ornt)
+    data, voxel_size, resampled, raw_counts = _to_isotropic_float32(canonical, canonical_zooms, slope, inter)
+    histogram = _scaled_value_counts(raw_counts, stored.dtype, slope, inter) if raw_counts is not None else None
 
     return Volume(
         data=data,
@@ -151,6 +177,7 @@ def load_volume(path: Path, *, tiff_voxel_size: tuple[float, float, float] = (1.
         source_orientation=orientation,
         source_voxel_size=tuple(float(z) for z in zooms),
         resampled=resampled,
+        histogram=histogram,
     )
 
 
@@ -259,13 +286,15 @@ def _reorder_zooms(zooms: tuple[float, ...], ornt: np.ndarray) -> tuple[float, f
     return tuple(reordered)
 
 
-def _to_isotropic_float32(array: np.ndarray, zooms: tuple[float, float, float], path: Path):
+def _to_isotropic_float32(array: np.ndarray, zooms: tuple[float, float, float], slope: float, inter: float):
+    """Return (float32 scaled volume, voxel size, resampled, raw value counts or None)."""
     smallest = min(zooms)
     if max(zooms) <= smallest * (1.0 + ANISOTROPY_TOLERANCE):
         try:
-            return np.array(array, dtype=np.float32, order="C"), float(zooms[0]), False
+            data, raw_counts = _convert_in_blocks(array, slope, inter)
         except (ValueError, OSError, EOFError, zlib.error) as error:
             raise ScanReadError("corrupt", f"truncated or damaged voxel data: {error}") from error
+        return data, float(zooms[0]), False, raw_counts
 
     # NOTE: resampling to the finest voxel size keeps every detail but grows
     # the volume by the anisotropy ratio; a very anisotropic scan may not fit.
@@ -274,4 +303,62 @@ def _to_isotropic_float32(array: np.ndarray, zooms: tuple[float, float, float], 
         resampled = ndimage.zoom(array, factors, output=np.float32, order=1, grid_mode=True, mode="nearest")
     except (ValueError, OSError, EOFError, zlib.error) as error:
         raise ScanReadError("corrupt", f"truncated or damaged voxel data: {error}") from error
-    return resampled, float(smallest), True
+    _scale_inplace(resampled, slope, inter)
+    return resampled, float(smallest), True, None
+
+
+def _scale_inplace(block: np.ndarray, slope: float, inter: float) -> None:
+    # The same two float32 operations everywhere, so that value tables and
+    # voxels stay bit-identical.
+    if slope != 1.0:
+        block *= np.float32(slope)
+    if inter != 0.0:
+        block += np.float32(inter)
+
+
+def _convert_in_blocks(array: np.ndarray, slope: float, inter: float):
+    """Copy a (memory-mapped) array into one C-ordered float32 volume, a tile at a time.
+
+    NIfTI data is stored in Fortran order, so the copy walks the input's
+    slowest axis (reading the file front to back) in tiles small enough that
+    the transposed writes stay in cache. For 8- and 16-bit integers it also
+    counts each raw value on the way, which is much cheaper than a float
+    histogram of the result later.
+    """
+    data = np.empty(array.shape, dtype=np.float32)
+    counted = array.dtype.kind in "iu" and array.dtype.itemsize <= 2
+    raw_counts = np.zeros(1 << (8 * array.dtype.itemsize), dtype=np.int64) if counted else None
+    slow = int(np.argmax(np.abs(array.strides)))
+    inner = 0 if slow != 0 else 1
+    for start, stop in chunks(array.shape[slow], CONVERT_SLICES):
+        for inner_start, inner_stop in chunks(array.shape[inner], CONVERT_TILE):
+            index = [slice(None)] * 3
+            index[slow], index[inner] = slice(start, stop), slice(inner_start, inner_stop)
+            block = np.asarray(array[tuple(index)])
+            target = data[tuple(index)]
+            target[...] = block
+            _scale_inplace(target, slope, inter)
+            if counted:
+                _count_raw_values(block, raw_counts)
+    return data, raw_counts
+
+
+def _count_raw_values(block: np.ndarray, raw_counts: np.ndarray) -> None:
+    # Bit patterns as unsigned integers index the counts directly. Counting
+    # in pieces keeps bincount's intp copy of its input in cache.
+    native = block.astype(block.dtype.newbyteorder("="), copy=False)
+    unsigned = native.ravel(order="K").view(f"u{block.dtype.itemsize}")
+    for start, stop in chunks(unsigned.size, COUNT_PIECE):
+        raw_counts += np.bincount(unsigned[start:stop], minlength=raw_counts.size)
+
+
+def _scaled_value_counts(raw_counts: np.ndarray, dtype: np.dtype, slope: float, inter: float) -> ValueCounts:
+    """Turn counts indexed by raw bit pattern into sorted scaled values and counts."""
+    patterns = np.flatnonzero(raw_counts)
+    unsigned = patterns.astype(f"u{dtype.itemsize}")
+    raw_values = unsigned.view(np.dtype(dtype).newbyteorder("=")) if dtype.kind == "i" else unsigned
+    values = raw_values.astype(np.float32)
+    _scale_inplace(values, slope, inter)
+    # A negative slope reverses the order, and float32 may merge neighbours.
+    order = np.argsort(values, kind="stable")
+    return ValueCounts(values=values[order], counts=raw_counts[patterns][order])
