@@ -5,8 +5,9 @@ from __future__ import annotations
 import pyarrow as pa
 
 # Version of the DuckDB catalogue layout. Raise it whenever a table or view
-# changes shape, and teach ``catalog.store`` how to migrate the older one.
-CATALOGUE_VERSION = 1
+# changes shape, and teach ``catalog.migrations`` how to migrate the older one.
+# Version 2 dropped the primary-key index of slice_rows.
+CATALOGUE_VERSION = 2
 
 # One row per slice of one scan analysis. Rows are keyed by
 # (scan_hash, view, slice_index); species and specimen come from the scans

@@ -1,4 +1,4 @@
-"""Read-only SQL over the catalogue, printed as a table, CSV or JSON."""
+"""Read-only SQL over the catalogue, printed as a table, CSV or JSON, or exported as Parquet."""
 
 from __future__ import annotations
 
@@ -6,13 +6,22 @@ import csv
 import io
 import json
 import math
+import os
+import re
 from datetime import date, datetime
 from pathlib import Path
 
 import duckdb
+import pyarrow.parquet as pq
 
-from catalog.store import CatalogueError, catalogue_path, catalogue_version
 from catalog.schema import CATALOGUE_VERSION
+from catalog.store import CatalogueError, build_lock, catalogue_path, catalogue_version, upgrade_catalogue
+
+CATALOGUE_README = Path(__file__).with_name("README.md")
+
+# Rows per Arrow batch when exporting; bounds the memory of an export of a
+# 2-million-row table to a few tens of MB.
+EXPORT_BATCH_ROWS = 131_072
 
 # Statement types a read-only query may use. Everything else (INSERT, UPDATE,
 # DELETE, CREATE, DROP, COPY, ATTACH, INSTALL, LOAD, SET, ...) is rejected
@@ -25,21 +34,28 @@ class ReadOnlyError(Exception):
 
 
 def connect_read_only(out_dir: Path) -> duckdb.DuckDBPyConnection:
-    """Open the catalogue read-only, with file system access from SQL disabled."""
+    """Open the catalogue read-only, with file system access from SQL disabled.
+
+    An older catalogue is migrated first, under the build lock, so that no
+    build writes it at the same time. Raises CatalogueError when the catalogue
+    is missing, cannot be migrated, or a build holds the lock.
+    """
     path = catalogue_path(out_dir)
     if not path.exists():
         raise CatalogueError(f"no catalogue at {path}; run 'fossil-slices build SCANS_DIR {out_dir}' first")
-    connection = duckdb.connect(
+    connection = _connect(path)
+    if catalogue_version(connection) != CATALOGUE_VERSION:
+        connection.close()
+        with build_lock(Path(out_dir)):
+            upgrade_catalogue(path)
+        connection = _connect(path)
+    return connection
+
+
+def _connect(path: Path) -> duckdb.DuckDBPyConnection:
+    return duckdb.connect(
         str(path), read_only=True, config={"enable_external_access": False, "lock_configuration": True}
     )
-    version = catalogue_version(connection)
-    if version != CATALOGUE_VERSION:
-        connection.close()
-        raise CatalogueError(
-            f"catalogue {path} has version {version}; this fossil-slices reads version {CATALOGUE_VERSION}. "
-            "Rebuild the dataset with this version of fossil-slices"
-        )
-    return connection
 
 
 def run_query(connection: duckdb.DuckDBPyConnection, query: str) -> tuple[list[str], list[tuple]]:
@@ -97,3 +113,59 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(_plain(value))
+
+
+def catalogue_relations(connection: duckdb.DuckDBPyConnection) -> list[str]:
+    """Return the names of every table and view of the catalogue, sorted."""
+    rows = connection.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' ORDER BY table_name"
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def export_parquet(connection: duckdb.DuckDBPyConnection, out_dir: Path) -> list[Path]:
+    """Write every table and view of the catalogue to ``out_dir/<name>.parquet``.
+
+    Rows stream through Arrow batches, so memory stays bounded. Each file is
+    written under a temporary name and renamed, so a reader never sees half a
+    file. Returns the files written.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in catalogue_relations(connection):
+        reader = connection.sql(f'SELECT * FROM "{name}"').to_arrow_reader(EXPORT_BATCH_ROWS)
+        target = out_dir / f"{name}.parquet"
+        staging = target.with_name(target.name + ".writing")
+        with pq.ParquetWriter(staging, reader.schema, compression="zstd") as writer:
+            for batch in reader:
+                writer.write_batch(batch)
+        os.replace(staging, target)
+        written.append(target)
+    return written
+
+
+def documented_queries(readme: Path = CATALOGUE_README) -> dict[str, str]:
+    """Return {name: SQL} for every ```sql block of the catalogue README.
+
+    A block is named after the heading above it (``### species_summary`` gives
+    ``species_summary``; a second block under it ``species_summary#2``). The
+    test suite and the catalogue benchmark run exactly these, so the
+    documentation cannot drift from the views.
+    """
+    queries: dict[str, str] = {}
+    heading, block = "top", None
+    for line in readme.read_text().splitlines():
+        if block is not None:
+            if line.strip() == "```":
+                name, number = heading, 2
+                while name in queries:
+                    name, number = f"{heading}#{number}", number + 1
+                queries[name] = "\n".join(block).strip()
+                block = None
+            else:
+                block.append(line)
+        elif line.startswith("#"):
+            heading = line.lstrip("#").strip().strip("`").split()[0].strip("`")
+        elif line.strip() == "```sql":
+            block = []
+    return queries

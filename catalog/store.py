@@ -17,6 +17,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from catalog.migrations import can_migrate, migrate_connection, migrate_file, version_problem
 from catalog.schema import CATALOGUE_VERSION
 
 CATALOGUE_FILE = "catalogue.duckdb"
@@ -70,20 +71,41 @@ def catalogue_version(connection: duckdb.DuckDBPyConnection) -> int | None:
     return int(row[0]) if row else 0
 
 
-def ensure_schema(connection: duckdb.DuckDBPyConnection) -> None:
-    """Create the tables of an empty catalogue, or check the version of an existing one."""
+def ensure_schema(connection: duckdb.DuckDBPyConnection, path: Path | str = "catalogue") -> None:
+    """Create the tables of an empty catalogue, migrate an older one, or check the version.
+
+    Raises CatalogueError for a catalogue that no migration can bring to this
+    version; ``path`` only names the file in that message.
+    """
     version = catalogue_version(connection)
     if version is None:
         connection.execute(SCHEMA_SQL.read_text())
         connection.execute(
             "INSERT INTO catalogue_meta VALUES ('catalogue_version', ?)", [str(CATALOGUE_VERSION)]
         )
+    elif can_migrate(version):
+        migrate_connection(connection, version)
     elif version != CATALOGUE_VERSION:
-        raise CatalogueError(
-            f"catalogue has version {version}, this fossil-slices reads version {CATALOGUE_VERSION}; "
-            "rebuild into a new output folder or move the old catalogue.duckdb away"
-        )
+        raise CatalogueError(version_problem(Path(path), version))
     connection.execute(VIEWS_SQL.read_text())
+
+
+def upgrade_catalogue(path: Path) -> None:
+    """Migrate the catalogue file ``path`` in place when it is older, or fail when it cannot be read.
+
+    Raises CatalogueError naming the version found and what to do. The caller
+    must hold the build lock of the output folder.
+    """
+    connection = duckdb.connect(str(path), read_only=True)
+    try:
+        version = catalogue_version(connection)
+    finally:
+        connection.close()
+    if version == CATALOGUE_VERSION:
+        return
+    if not can_migrate(version):
+        raise CatalogueError(version_problem(path, version))
+    migrate_file(path, version)
 
 
 @contextmanager
@@ -96,7 +118,7 @@ def open_writer(out_dir: Path) -> Iterator[duckdb.DuckDBPyConnection]:
         shutil.copyfile(target, staging)
     connection = duckdb.connect(str(staging))
     try:
-        ensure_schema(connection)
+        ensure_schema(connection, target)
         yield connection
         connection.execute("CHECKPOINT")
     except BaseException:
@@ -108,19 +130,15 @@ def open_writer(out_dir: Path) -> Iterator[duckdb.DuckDBPyConnection]:
 
 
 def open_reader(out_dir: Path) -> duckdb.DuckDBPyConnection:
-    """Open the catalogue of ``out_dir`` read-only."""
+    """Open the catalogue of ``out_dir`` read-only, migrating an older one first.
+
+    The build calls this under the build lock, which the migration needs.
+    """
     path = catalogue_path(out_dir)
     if not path.exists():
         raise CatalogueError(f"no catalogue at {path}; run 'fossil-slices build SCANS_DIR {out_dir}' first")
-    connection = duckdb.connect(str(path), read_only=True)
-    version = catalogue_version(connection)
-    if version != CATALOGUE_VERSION:
-        connection.close()
-        raise CatalogueError(
-            f"catalogue {path} has version {version}, this fossil-slices reads version {CATALOGUE_VERSION}; "
-            "rebuild it with this version"
-        )
-    return connection
+    upgrade_catalogue(path)
+    return duckdb.connect(str(path), read_only=True)
 
 
 def insert_arrow(connection: duckdb.DuckDBPyConnection, table_name: str, table: pa.Table) -> None:

@@ -13,6 +13,9 @@ import os
 # send no usage statistics anywhere.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# The temporary server can take longer than Prefect's 20 s default to start
+# on a busy 2-core machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 import argparse  # noqa: E402
 import sys  # noqa: E402
@@ -112,11 +115,16 @@ def cmd_sql(args: argparse.Namespace) -> int:
     from catalog.sql import ReadOnlyError, connect_read_only, format_rows, run_query
     from catalog.store import CatalogueError
 
+    if (args.query is None) == (args.export is None):
+        print("fossil-slices: give either a QUERY or --export DIR", file=sys.stderr)
+        return EXIT_USAGE
     try:
         connection = connect_read_only(args.db)
     except CatalogueError as error:
         print(f"fossil-slices: {error}", file=sys.stderr)
         return EXIT_CATALOGUE
+    if args.export is not None:
+        return _export(connection, args.export)
     try:
         columns, rows = run_query(connection, args.query)
     except ReadOnlyError as error:
@@ -128,6 +136,58 @@ def cmd_sql(args: argparse.Namespace) -> int:
     finally:
         connection.close()
     sys.stdout.write(format_rows(columns, rows, args.output_format))
+    return EXIT_OK
+
+
+def _export(connection, export_dir: Path) -> int:
+    from catalog.sql import export_parquet
+
+    try:
+        files = export_parquet(connection, export_dir)
+    except OSError as error:
+        print(f"fossil-slices: cannot write Parquet files to {export_dir}: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        connection.close()
+    print(f"wrote {len(files)} Parquet files (every table and view) to {export_dir}")
+    return EXIT_OK
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from catalog.diff import UnknownBuildError, diff_builds, format_diff
+    from catalog.sql import connect_read_only
+    from catalog.store import CatalogueError
+
+    try:
+        connection = connect_read_only(args.db)
+    except CatalogueError as error:
+        print(f"fossil-slices: {error}", file=sys.stderr)
+        return EXIT_CATALOGUE
+    try:
+        diff = diff_builds(connection, args.build_a, args.build_b)
+    except UnknownBuildError as error:
+        print(f"fossil-slices: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        connection.close()
+    sys.stdout.write(format_diff(diff))
+    return EXIT_OK
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from catalog.explain import explain_split
+    from catalog.sql import connect_read_only
+    from catalog.store import CatalogueError
+
+    try:
+        connection = connect_read_only(args.db)
+    except CatalogueError as error:
+        print(f"fossil-slices: {error}", file=sys.stderr)
+        return EXIT_CATALOGUE
+    try:
+        print(explain_split(connection, args.build, detail=args.explain))
+    finally:
+        connection.close()
     return EXIT_OK
 
 
@@ -145,14 +205,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from deployments.serve import serve_deployments
+    from deployments.serve import ServeError, serve_deployments
 
     try:
         config = _config_from(args)
     except (ValidationError, OSError, ValueError) as error:
         print(f"fossil-slices: invalid configuration: {error}", file=sys.stderr)
         return EXIT_USAGE
-    serve_deployments(str(args.scans), str(args.out), config, interval_minutes=args.interval)
+    try:
+        serve_deployments(str(args.scans), str(args.out), config, interval_minutes=args.interval)
+    except ServeError as error:
+        print(f"fossil-slices: cannot serve: {error}", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK
 
 
@@ -183,11 +247,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=cmd_demo)
 
     sql = commands.add_parser("sql", help="run a read-only SQL query on a catalogue")
-    sql.add_argument("query", help='SQL query, e.g. "SELECT * FROM species"')
+    sql.add_argument("query", nargs="?", help='SQL query, e.g. "SELECT * FROM species"')
     sql.add_argument("--db", type=Path, required=True, help="output folder of a build (holds catalogue.duckdb)")
     sql.add_argument("--format", dest="output_format", choices=("table", "csv", "json"), default="table",
                      help="output format (default table)")
+    sql.add_argument("--export", type=Path, default=None, metavar="DIR",
+                     help="instead of a query, write every table and view to DIR/<name>.parquet")
     sql.set_defaults(handler=cmd_sql)
+
+    diff = commands.add_parser("diff", help="compare two builds: split changes, images, train/test overlap")
+    diff.add_argument("build_a", type=int, help="earlier build id (its test split is checked)")
+    diff.add_argument("build_b", type=int, help="later build id (its train split is checked)")
+    diff.add_argument("--db", type=Path, required=True, help="output folder of the builds (holds catalogue.duckdb)")
+    diff.set_defaults(handler=cmd_diff)
+
+    split = commands.add_parser("split", help="show how a build split the specimens of each species")
+    split.add_argument("--db", type=Path, required=True, help="output folder of a build (holds catalogue.duckdb)")
+    split.add_argument("--explain", action="store_true",
+                       help="list every specimen with its passing slices and chosen split")
+    split.add_argument("--build", type=int, default=None, help="build id (default: the latest successful build)")
+    split.set_defaults(handler=cmd_split)
 
     status = commands.add_parser("status", help="show the last build and the scans waiting to be processed")
     status.add_argument("--out", type=Path, required=True, help="output folder of a build")
@@ -208,7 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line and return its exit code."""
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except BrokenPipeError:
+        # The reader of our output (for example `head`) closed the pipe early.
+        sys.stderr.close()
+        return EXIT_OK
 
 
 if __name__ == "__main__":
