@@ -29,7 +29,7 @@ from tasks.split import SpecimenSlices, SplitPlan, assign_splits
 
 @dataclass
 class BuildContext:
-    """What every stage of one build needs to know."""
+    """Identity, folders, configuration and previous state of one build, shared by its stages."""
 
     build_id: int
     scans_root: Path
@@ -44,7 +44,7 @@ def discover(context: BuildContext) -> list[dict]:
     """Find and hash the scans; mark each one added, changed or unchanged, and list removed ones.
 
     Returns one dict per scan file, sorted by relative path. Files whose name
-    does not parse get status ``unparsed``; a second file with the same
+    does not parse get status ``unparsed``. A second file with the same
     content as another scan of the same specimen gets status ``duplicate``.
     """
     logger = context.logger
@@ -53,7 +53,12 @@ def discover(context: BuildContext) -> list[dict]:
     first_of_content: dict[tuple[str, str, str], str] = {}
     for scan in found:
         previous_hash = context.previous.scan_hashes.get(scan.relative_path)
-        change = "added" if previous_hash is None else ("unchanged" if previous_hash == scan.content_hash else "changed")
+        if previous_hash is None:
+            change = "added"
+        elif previous_hash == scan.content_hash:
+            change = "unchanged"
+        else:
+            change = "changed"
         entry = {
             "relative_path": scan.relative_path, "file_name": Path(scan.path).name, "path": scan.path,
             "stem": scan.stem, "scan_hash": scan.content_hash, "species": scan.species, "specimen": scan.specimen,
