@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import as_completed
 
@@ -18,15 +19,20 @@ from catalog.records import insert_rows
 from flows import progress
 from tasks.analyse import ANALYSIS_CODE_VERSION
 from tasks.export import image_name, image_path, write_atomic
+from tasks.figures import area_fraction_histogram, contact_sheet, counts_chart, preview_pixels, sample_images
 from tasks.prefect_tasks import export_scan_images
 from tasks.report import count_table, report_json, report_markdown, split_stats
+from tasks.report_html import Figure, report_html
 from tasks.sample import order_candidates, split_quotas
 from tasks.species import SpeciesReport
-from tasks.split import SplitPlan
+from tasks.split import SPLITS, SplitPlan
 
 # Rounds of replacement: a dropped image is replaced by the next slice of the
 # same species and split, whose image may in turn be dropped.
 MAX_REPLACEMENT_ROUNDS = 5
+
+# Images per species on a contact sheet: one row of the sheet.
+CONTACT_SHEET_IMAGES = 8
 
 
 @dataclass
@@ -176,7 +182,7 @@ def write_species_rows(context, connection, reports: list[SpeciesReport], plan: 
 
 def write_report(context, reports: list[SpeciesReport], plan: SplitPlan, scans: list[dict],
                  analyses: dict[str, dict], selected: list[dict], digest: str) -> Path:
-    """Write ``report.md`` and ``report.json`` to the output folder and publish them as Prefect artifacts."""
+    """Write ``report.md``, ``report.json``, ``report.html`` and ``report/*.png``; publish Prefect artifacts."""
     included = [r.species for r in reports if r.included]
     table = count_table(((row["species"], row["split"]) for row in selected), included)
     stats = split_stats(table)
@@ -189,9 +195,15 @@ def write_report(context, reports: list[SpeciesReport], plan: SplitPlan, scans: 
         split_notes=plan.notes, leakage="passed: no specimen and no file content is in more than one split",
         scan_problems=problems, params=context.config.model_dump(mode="json"),
     )
-    markdown = report_markdown(**arguments)
+    figures = report_figures(context, table, scans, analyses, selected)
+    for figure in figures:
+        write_atomic(context.out / "report" / figure.name, figure.png)
+    markdown = report_markdown(**arguments) + "\n## Figures\n\n" + "\n".join(
+        f"- `report/{figure.name}`: {figure.caption}" for figure in figures
+    ) + "\n\nThe whole report with its figures is `report.html`.\n"
     write_atomic(context.out / "report.md", markdown.encode())
     write_atomic(context.out / "report.json", report_json(**arguments).encode())
+    write_atomic(context.out / "report.html", report_html(**arguments, figures=figures).encode())
 
     counts_rows = [{"species": name, **row, "total": sum(row.values())} for name, row in table.items()]
     stats_rows = [
@@ -209,6 +221,47 @@ def write_report(context, reports: list[SpeciesReport], plan: SplitPlan, scans: 
     create_table_artifact(key="species-report", table=species_rows, description="Every species and why")
     create_markdown_artifact(key="build-report", markdown=markdown, description=f"Build {context.build_id}")
     return context.out / "report.md"
+
+
+def report_figures(context, table: dict[str, dict[str, int]], scans: list[dict], analyses: dict[str, dict],
+                   selected: list[dict]) -> list[Figure]:
+    """Draw a contact sheet per split, the counts chart and the area-fraction histogram of this build."""
+    fmt = context.config.image_format
+    figures = []
+    for split in SPLITS:
+        chosen = sample_images((row for row in selected if row["split"] == split), CONTACT_SHEET_IMAGES)
+        rows = {
+            species: [(row["specimen"], preview_pixels((context.out / row["file"]).read_bytes(), fmt)) for row in items]
+            for species, items in chosen.items()
+        }
+        caption = f"{split}: sample images per species, captioned with their specimen"
+        figures.append(Figure(f"contact-{split}.png", caption, contact_sheet(caption, rows)))
+    figures.append(Figure("counts.png", "Images per species and split", counts_chart(table)))
+    species, fractions, passed = _slice_area_fractions(scans, analyses)
+    histogram = area_fraction_histogram(species, fractions, passed, context.config.min_area_fraction)
+    figures.append(Figure("area-fraction.png", "Area fraction of passing and rejected slices per species", histogram))
+    return figures
+
+
+def _slice_area_fractions(scans: list[dict], analyses: dict[str, dict]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Return species, area fraction and passed of every slice of this build's analysed scans.
+
+    The values come from the per-scan Parquet files that the catalogue's slice
+    rows are loaded from: the catalogue views still show the previous build
+    while this one is being written.
+    """
+    species, fractions, passed = [], [], []
+    for scan in scans:
+        stored = analyses.get(scan["relative_path"], {}).get("slices_file")
+        if not stored:
+            continue
+        columns = pq.read_table(stored, columns=["area_fraction", "passed"])
+        species.extend([scan["species"]] * columns.num_rows)
+        fractions.append(columns["area_fraction"].to_numpy())
+        passed.append(columns["passed"].to_numpy())
+    if not fractions:
+        return [], np.zeros(0), np.zeros(0, dtype=bool)
+    return species, np.concatenate(fractions), np.concatenate(passed)
 
 
 def build_row(context, started: datetime, finished: datetime, scans: list[dict], analyses: dict[str, dict],
