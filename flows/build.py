@@ -1,6 +1,8 @@
 """The ``build-dataset`` Prefect flow: scans folder in, slice dataset and catalogue out."""
 
-from __future__ import annotations
+# No "from __future__ import annotations" here: a served flow is pickled by value
+# into the process that runs it, and its parameter model must find BuildConfig
+# in the annotation itself, not by name in this module.
 
 import json
 from datetime import datetime, timezone
@@ -74,8 +76,8 @@ def _run_build(context: stages.BuildContext, started: datetime) -> dict:
         selected = [row for row in exports.rows if row["status"] != "dropped"]
         files = [(row["file"], row["sha256"]) for row in selected]
         digest = write_manifest(context.out, files)
-        write_split_metadata(context.out, exports.metadata)
-        write_classes(context.out, {row["species"] for row in selected})
+        classes = write_classes(context.out, {row["species"] for row in selected})
+        write_split_metadata(context.out, exports.metadata, classes)
 
         export_stage.write_species_rows(context, connection, species_reports, plan)
         report = export_stage.write_report(context, species_reports, plan, scans, analyses, selected, digest)
@@ -123,6 +125,6 @@ def _record_failed_build(context: stages.BuildContext, started: datetime, error:
 
 
 def run_build(scans_dir: str, out_dir: str, config: BuildConfig) -> dict:
-    """Run :func:`build_dataset` with the task runner that ``config`` asks for."""
+    """Run :func:`build_dataset` with the task runner that ``config.task_runner`` names."""
     runner = make_task_runner(config)
     return build_dataset.with_options(task_runner=runner)(scans_dir=scans_dir, out_dir=out_dir, config=config)

@@ -14,7 +14,7 @@ from tasks.split import SPLITS
 
 IMAGE_SUFFIXES = frozenset(FILE_SUFFIX.values())
 METADATA_COLUMNS = (
-    "file_name", "species", "specimen", "scan", "scan_hash", "view", "slice_index", "split",
+    "file_name", "label", "species", "specimen", "scan", "scan_hash", "view", "slice_index", "split",
     "area_fraction", "sharpness", "intensity_mean", "n_components",
 )
 
@@ -38,14 +38,19 @@ def write_manifest(out_dir: Path, files: list[tuple[str, str]]) -> str:
     return digest
 
 
-def write_split_metadata(out_dir: Path, rows: list[dict]) -> None:
+def write_split_metadata(out_dir: Path, rows: list[dict], classes: dict[str, int]) -> None:
     """Write ``<split>/metadata.csv`` in the layout Hugging Face ``imagefolder`` reads.
 
     ``file_name`` is relative to the split folder, as that loader expects.
+    ``label`` is the class index from ``classes``, because the loader infers
+    no label from folder names once a metadata file is present.
     A split with no images gets no file.
     """
     for split in SPLITS:
-        selected = sorted((row for row in rows if row["split"] == split), key=lambda row: row["file_name"])
+        selected = sorted(
+            (dict(row, label=classes[row["species"]]) for row in rows if row["split"] == split),
+            key=lambda row: row["file_name"],
+        )
         target = out_dir / split / "metadata.csv"
         if not selected:
             target.unlink(missing_ok=True)

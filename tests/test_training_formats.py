@@ -61,6 +61,7 @@ def test_labels_alphabetical(loaded, real_cores_build):
         assert encoded.features["species"].names == list(classes)
         species = loaded[name]["species"]
         assert encoded["species"] == [classes[value] for value in species]
+        assert loaded[name]["label"] == [classes[value] for value in species]
 
 
 def test_metadata_matches_catalogue(loaded, real_cores_build, catalogue_files):
