@@ -22,6 +22,7 @@ def make_task_runner(config: BuildConfig):
     if config.dask_address:
         return DaskTaskRunner(address=config.dask_address)
     return DaskTaskRunner(
+        # The local cluster listens on loopback only and starts no dashboard.
         cluster_kwargs={"n_workers": config.max_workers, "threads_per_worker": 1, "processes": True,
-                        "dashboard_address": None},
+                        "host": "127.0.0.1", "dashboard_address": None},
     )

@@ -84,7 +84,8 @@ def remove_stale_images(out_dir: Path, keep: set[str]) -> list[str]:
             if not path.is_file():
                 continue
             relative = path.relative_to(out_dir).as_posix()
-            if path.name.startswith(".tmp-"):
+            if path.name.startswith(".") and path.name.endswith(".tmp"):
+                # A temporary file of an image write that was interrupted.
                 path.unlink()
             elif path.suffix in IMAGE_SUFFIXES and relative not in keep:
                 path.unlink()

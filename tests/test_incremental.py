@@ -1,0 +1,141 @@
+"""Incremental rebuilds: what a rename, an edit, a parameter or a removed scan costs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import duckdb
+import nibabel
+import numpy as np
+import pytest
+
+from tasks.export import decode_image
+from tasks.synthetic import write_collection
+
+from conftest import run_cli
+
+SMALL = ("--target-per-species", "120", "--val-target", "20", "--val-cap", "40")
+SCANS = 10
+
+
+def _query(out: Path, sql: str, params: list | None = None) -> list[tuple]:
+    connection = duckdb.connect(str(out / "catalogue.duckdb"), read_only=True)
+    try:
+        return connection.execute(sql, params or []).fetchall()
+    finally:
+        connection.close()
+
+
+def _last_build(out: Path) -> dict:
+    cursor = duckdb.connect(str(out / "catalogue.duckdb"), read_only=True)
+    try:
+        row = cursor.execute("SELECT * FROM builds ORDER BY build_id DESC LIMIT 1")
+        names = [column[0] for column in row.description]
+        return dict(zip(names, row.fetchone()))
+    finally:
+        cursor.close()
+
+
+def _images(out: Path, suffix: str) -> list[Path]:
+    return sorted(path for split in ("train", "val", "test") for path in (out / split).rglob(f"*{suffix}"))
+
+
+@pytest.fixture(scope="module")
+def first_build(tmp_path_factory) -> tuple[Path, Path]:
+    """Scans folder and output folder of one build of 2 species x 5 specimens; copy before changing."""
+    root = tmp_path_factory.mktemp("incremental")
+    scans, out = root / "scans", root / "out"
+    assert len(write_collection(scans, n_species=2, specimens_per_species=5, shape=(32, 32, 32), seed=5)) == SCANS
+    assert run_cli("build", scans, out, "--quiet", *SMALL) == 0
+    return scans, out
+
+
+@pytest.fixture
+def rebuild(first_build, tmp_path):
+    """A private copy of the first build, and a function that rebuilds it with extra flags."""
+    scans, out = tmp_path / "scans", tmp_path / "out"
+    shutil.copytree(first_build[0], scans)
+    shutil.copytree(first_build[1], out)
+
+    def run(*flags: str) -> dict:
+        assert run_cli("build", scans, out, "--quiet", *SMALL, *flags) == 0
+        return _last_build(out)
+
+    return scans, out, run
+
+
+def test_unchanged_rebuild_writes_nothing(rebuild):
+    _scans, _out, run = rebuild
+    build = run()
+    assert (build["analyses_run"], build["analyses_cached"]) == (0, SCANS)
+    assert (build["images_written"], build["images_removed"]) == (0, 0)
+    assert build["images_unchanged"] == build["images_total"] > 0
+
+
+def test_rename_runs_no_analysis(rebuild):
+    scans, out, run = rebuild
+    (scans / "Alveolina_specimen2.nii.gz").rename(scans / "Alveolina_specimen2_renamed.nii.gz")
+    build = run()
+    assert (build["analyses_run"], build["analyses_cached"]) == (0, SCANS)
+    assert (build["scans_added"], build["scans_removed"]) == (1, 1)
+    assert _query(out, "SELECT change, analysis_cached FROM scans WHERE relative_path = ?",
+                  ["Alveolina_specimen2_renamed.nii.gz"]) == [("added", True)]
+
+
+def test_edit_reanalyses_that_scan_only(rebuild):
+    scans, out, run = rebuild
+    path = scans / "Chrysalidina_specimen3.nii.gz"
+    image = nibabel.load(path)
+    data = np.asarray(image.dataobj).copy()
+    data[:4] = 0  # a few planes cut away: new bytes, same specimen
+    nibabel.save(nibabel.Nifti1Image(data, image.affine, image.header), path)
+    build = run()
+    assert (build["analyses_run"], build["analyses_cached"], build["scans_changed"]) == (1, SCANS - 1, 1)
+    assert _query(out, "SELECT relative_path, change FROM scans WHERE NOT analysis_cached") == [
+        ("Chrysalidina_specimen3.nii.gz", "changed")
+    ]
+
+
+def test_analysis_parameter_reanalyses_all(rebuild):
+    _scans, _out, run = rebuild
+    build = run("--min-area-fraction", "0.05")
+    assert (build["analyses_run"], build["analyses_cached"]) == (SCANS, 0)
+
+
+def test_image_size_reexports_without_analysis(rebuild):
+    _scans, out, run = rebuild
+    build = run("--image-size", "64")
+    assert build["analyses_run"] == 0
+    assert build["images_written"] == build["images_total"] > 0
+    assert build["images_unchanged"] == 0
+    shapes = {decode_image(path.read_bytes(), "png").shape for path in _images(out, ".png")}
+    assert shapes == {(64, 64, 3)}
+
+
+def test_format_reexports_without_analysis(rebuild):
+    _scans, out, run = rebuild
+    pngs = len(_images(out, ".png"))
+    build = run("--format", "npy")
+    assert build["analyses_run"] == 0
+    assert build["images_written"] == build["images_total"] == len(_images(out, ".npy")) > 0
+    assert (build["images_removed"], len(_images(out, ".png"))) == (pngs, 0)
+
+
+def test_removed_scan_removes_its_images(rebuild):
+    scans, out, run = rebuild
+    # A train specimen of a species with several train specimens, so the
+    # species keeps a specimen in every split after the removal.
+    specimen = _query(out, "SELECT specimen FROM splits WHERE species = 'Alveolina' AND split = 'train' "
+                           "ORDER BY specimen LIMIT 1")[0][0]
+    scan_hash, = _query(out, "SELECT scan_hash FROM scans WHERE species = 'Alveolina' AND specimen = ?",
+                        [specimen])[0]
+    files = [row[0] for row in _query(out, "SELECT file FROM exported_files WHERE scan_hash = ?", [scan_hash])]
+    assert files
+
+    (scans / f"Alveolina_{specimen}.nii.gz").unlink()
+    build = run()
+    assert (build["scans_removed"], build["analyses_run"]) == (1, 0)
+    assert build["images_removed"] == len(files)
+    assert not [file for file in files if (out / file).exists()]
+    assert _query(out, "SELECT count(*) FROM exported_files WHERE scan_hash = ?", [scan_hash]) == [(0,)]
