@@ -56,8 +56,12 @@ def last_build(out: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="12 scans of 32^3 instead of 40 of 48^3")
+    parser.add_argument("--size", type=int, default=None,
+                        help="edge of each scan in voxels (default 48, or 32 with --quick); "
+                        "real micro-CT scans are several hundred voxels wide")
     args = parser.parse_args(argv)
     n_species, specimens, side = (3, 4, 32) if args.quick else (8, 5, 48)
+    side = args.size or side
 
     with tempfile.TemporaryDirectory(prefix="incremental-") as folder:
         root = Path(folder)
