@@ -5,6 +5,7 @@
 # in the annotation itself, not by name in this module.
 
 import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -68,6 +69,9 @@ def _run_build(context: stages.BuildContext, started: datetime) -> dict:
         check_leakage(connection, context.build_id)
 
         exports = export_stage.export(context, candidates, plan, scans, analyses)
+        # Images are written without a per-file fsync; one sync makes them
+        # durable before the catalogue that lists them is swapped in.
+        os.sync()
         insert_rows(connection, "export_history", exports.rows)
         check_leakage(connection, context.build_id)
 

@@ -424,12 +424,18 @@ def decode_image(data: bytes, fmt: str) -> np.ndarray:
 # ---------------------------------------------------------------- writing
 
 
-def write_atomic(path: Path, data: bytes) -> bool:
+def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> bool:
     """Write `data` to `path` so readers see the old file or the new one, never a part.
 
     The bytes go to a temporary file in the same folder, which is flushed with
-    fsync and renamed over `path` with os.replace. Missing parent folders are
-    created. The file gets mode 0o644, as a dataset is meant to be read by others.
+    fsync (unless `durable` is False) and renamed over `path` with os.replace.
+    Missing parent folders are created. The file gets mode 0o644, as a dataset
+    is meant to be read by others.
+
+    The rename alone already keeps a killed process from leaving a partial
+    file. The fsync adds safety against power loss, at about a millisecond per
+    file, so a caller that writes many files can pass ``durable=False`` and
+    call ``os.sync()`` once when it is done.
 
     Returns
     -------
@@ -456,7 +462,8 @@ def write_atomic(path: Path, data: bytes) -> bool:
             handle.write(data)
             handle.flush()
             os.fchmod(handle.fileno(), 0o644)
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)

@@ -72,7 +72,9 @@ def export_scan(scan_path: str, summary: dict, requests: list[dict], out_dir: st
             results[position] = {"status": "dropped", "reason": rendered.reason, "sha256": None}
             continue
         data = encode_image(rendered.image, image_format)
-        written = write_atomic(Path(out_dir) / request["file"], data)
+        # The flow syncs the file system once after the export, before the
+        # catalogue that lists these images is swapped in.
+        written = write_atomic(Path(out_dir) / request["file"], data, durable=False)
         results[position] = {
             "status": "written" if written else "unchanged",
             "reason": None,
