@@ -170,11 +170,15 @@ def summarise(
     cv = "  ".join(f"{split} {coefficient_of_variation(selected[split]):.3f}" for split in SPLITS)
     empty = sum(min(totals[name].values()) == 0 for name in species)
     val_low = VAL_TARGET * 0.8
-    val_outside = sum(not val_low <= totals[name]["val"] <= VAL_CAP for name in species)
+    # Selected val slices are what training sees; the pool is every passing
+    # slice of the val specimens, before the val quota caps it.
+    val_outside = sum(not val_low <= count <= VAL_CAP for count in selected["val"])
+    pool_outside = sum(not val_low <= totals[name]["val"] <= VAL_CAP for name in species)
     shares = [totals[name]["test"] / sum(totals[name].values()) for name in species]
 
     print(label)
-    print(f"  species {len(species)}, with an empty split {empty}, val outside [{val_low:.0f}, {VAL_CAP}] {val_outside}")
+    print(f"  species {len(species)}, with an empty split {empty}, selected val outside [{val_low:.0f}, {VAL_CAP}] "
+          f"{val_outside} (val pool outside: {pool_outside})")
     print(f"  CV of selected slices per species: {cv}")
     print(f"  test share: min {min(shares):.3f} median {np.median(shares):.3f} max {max(shares):.3f}")
     print(f"  solve time {seconds * 1000:.1f} ms, leaking specimens {leak_count(scans, assignment, species)}")
