@@ -21,6 +21,7 @@ class PreviousState:
     scan_rows: dict[str, dict] = field(default_factory=dict)             # relative path -> scan row
     assignments: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)  # -> (split, assigned_in)
     exports: dict[str, str] = field(default_factory=dict)                # export key -> SHA-256
+    dropped: dict[str, str] = field(default_factory=dict)                # export key -> reason
 
 
 def read_previous_state(out_dir: Path) -> PreviousState:
@@ -47,6 +48,10 @@ def read_previous_state(out_dir: Path) -> PreviousState:
             "SELECT export_key, sha256 FROM exports WHERE status <> 'dropped'"
         ).fetchall():
             state.exports[key] = sha
+        for key, reason in connection.execute(
+            "SELECT export_key, reason FROM exports WHERE status = 'dropped'"
+        ).fetchall():
+            state.dropped[key] = reason
     finally:
         connection.close()
     return state

@@ -7,7 +7,6 @@ import io
 import json
 import math
 import os
-import re
 from datetime import date, datetime
 from pathlib import Path
 

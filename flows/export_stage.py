@@ -18,7 +18,8 @@ from prefect.futures import as_completed
 from catalog.records import insert_rows
 from flows import progress
 from tasks.analyse import ANALYSIS_CODE_VERSION
-from tasks.export import image_name, image_path, write_atomic
+from tasks.export import forget_resolved_folders, image_name, image_path, write_atomic
+from tasks.export_scan import file_sha256
 from tasks.figures import area_fraction_histogram, contact_sheet, counts_chart, preview_pixels, sample_images
 from tasks.prefect_tasks import export_scan_images
 from tasks.report import count_table, report_json, report_markdown, split_stats
@@ -71,6 +72,8 @@ def export(context, candidates: pa.Table, plan: SplitPlan, scans: list[dict], an
     columns = {name: ordered[name].to_pylist() for name in ordered.column_names}
     by_path = {scan["relative_path"]: scan for scan in scans}
     render = render_settings(config)
+    # Folders may have changed since an earlier build in this process.
+    forget_resolved_folders()
 
     outcome = ExportOutcome()
     next_position = {key: 0 for key in groups}
@@ -128,21 +131,51 @@ def _export_batch(context, batch: list[int], columns: dict, by_path: dict, analy
         request["previous_sha256"] = context.previous.exports.get(request["export_key"])
         per_scan[scan["relative_path"]].append((position, request))
 
+    # Settle in the flow what an earlier build already did, so that a scan
+    # whose images are all in place costs no task and no volume load.
+    results = []
+    for relative_path in list(per_scan):
+        pending = []
+        for position, request in per_scan[relative_path]:
+            settled = _earlier_result(context, request)
+            if settled is None:
+                pending.append((position, request))
+            else:
+                results.append((position, dict(request, **settled)))
+        per_scan[relative_path] = pending
+
     futures = {}
     for relative_path, items in sorted(per_scan.items()):
+        if not items:
+            continue
         scan = by_path[relative_path]
         future = export_scan_images.submit(
             scan["file_name"], scan["path"], analyses[relative_path], [request for _, request in items],
             str(context.out), render, config.image_format, list(config.tiff_voxel_size),
         )
         futures[future] = items
-    results = []
     for future in as_completed(list(futures)):
         items = futures[future]
         for (position, request), result in zip(items, future.result()):
             results.append((position, dict(request, **result)))
     results.sort(key=lambda item: item[0])
     return results
+
+
+def _earlier_result(context, request: dict) -> dict | None:
+    """Return the result an earlier build recorded for the same export key, if it still holds.
+
+    An image is unchanged when its file still has the recorded SHA-256. A
+    slice dropped before stays dropped, because rendering it again with the
+    same inputs gives the same empty image.
+    """
+    key = request["export_key"]
+    if key in context.previous.dropped:
+        return {"status": "dropped", "reason": context.previous.dropped[key], "sha256": None}
+    previous = request["previous_sha256"]
+    if previous and file_sha256(context.out / request["file"]) == previous:
+        return {"status": "unchanged", "reason": None, "sha256": previous}
+    return None
 
 
 def _export_row(context, position: int, columns: dict, result: dict) -> dict:

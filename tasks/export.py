@@ -10,6 +10,7 @@ or NPY bytes, and :func:`write_atomic` stores them under a path built by
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -563,6 +564,32 @@ def image_path(out_dir: Path, split: str, species: str, name: str) -> Path:
         raise ValueError(f"file name {name!r} is not a safe path component: build it with image_name")
     out_dir = Path(out_dir)
     path = out_dir / safe_component(split) / safe_component(species) / name
-    if not path.resolve().is_relative_to(out_dir.resolve()):
+    if not _resolves_inside(str(path), str(out_dir)):
         raise ValueError(f"image path {path} resolves outside the output folder {out_dir}: remove the symlink")
     return path
+
+
+@functools.lru_cache(maxsize=4096)
+def _folder_resolves_inside(folder: str, out_dir: str) -> bool:
+    # Resolving follows symlinks with one system call per path component, so
+    # the answer is cached per folder; a build asks it for thousands of images.
+    return Path(folder).resolve().is_relative_to(Path(out_dir).resolve())
+
+
+def forget_resolved_folders() -> None:
+    """Clear the cached folder checks of :func:`image_path`; call it before each build's export."""
+    _folder_resolves_inside.cache_clear()
+
+
+def _resolves_inside(path: str, out_dir: str) -> bool:
+    """Return whether ``path`` stays inside ``out_dir`` after following symlinks.
+
+    The folder's answer is cached. The file itself is checked only when it is
+    a symlink, which an image never is.
+    """
+    candidate = Path(path)
+    if not _folder_resolves_inside(str(candidate.parent), out_dir):
+        return False
+    if candidate.is_symlink():
+        return candidate.resolve().is_relative_to(Path(out_dir).resolve())
+    return True
