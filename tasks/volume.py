@@ -13,6 +13,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import nibabel as nib
 import numpy as np
 import tifffile
@@ -35,6 +36,11 @@ SCAN_SUFFIXES = (".nii.gz", ".nii", ".tiff", ".tif")
 CONVERT_SLICES = 16
 CONVERT_TILE = 64
 COUNT_PIECE = 1 << 18
+# OpenCV types that carry the raw bits of 1-, 2-, 4- and 8-byte voxels
+# through a transposition unchanged.
+TRANSPOSE_BITS = {1: np.uint8, 2: np.uint16, 4: np.int32, 8: np.float64}
+# OpenCV histograms count in float32, which is exact only below 2**24.
+HISTOGRAM_EXACT_LIMIT = 1 << 24
 
 
 class ScanReadError(Exception):
@@ -215,7 +221,8 @@ def _open_nifti(path: Path, *, compressed: bool) -> nib.Nifti1Image:
                 continue
         raise ImageFileError("not a NIfTI-1 or NIfTI-2 header")
     except (ImageFileError, HeaderDataError, EOFError, OSError, zlib.error, ValueError) as error:
-        raise ScanReadError("corrupt", f"unreadable header: {error}") from error
+        content = "gzip-compressed" if compressed else "not gzip-compressed"
+        raise ScanReadError("corrupt", f"unreadable header ({content}): {error}") from error
 
 
 def _read_nifti(image, path: Path):
@@ -317,39 +324,101 @@ def _scale_inplace(block: np.ndarray, slope: float, inter: float) -> None:
 
 
 def _convert_in_blocks(array: np.ndarray, slope: float, inter: float):
-    """Copy a (memory-mapped) array into one C-ordered float32 volume, a tile at a time.
+    """Copy a (memory-mapped) array into one C-ordered float32 volume.
 
-    NIfTI data is stored in Fortran order, so the copy walks the input's
-    slowest axis (reading the file front to back) in tiles small enough that
-    the transposed writes stay in cache. For 8- and 16-bit integers it also
-    counts each raw value on the way, which is much cheaper than a float
-    histogram of the result later.
+    For 8- and 16-bit integers it also counts each raw value on the way,
+    which is much cheaper than a float histogram of the result later.
     """
     data = np.empty(array.shape, dtype=np.float32)
     counted = array.dtype.kind in "iu" and array.dtype.itemsize <= 2
     raw_counts = np.zeros(1 << (8 * array.dtype.itemsize), dtype=np.int64) if counted else None
-    slow = int(np.argmax(np.abs(array.strides)))
-    inner = 0 if slow != 0 else 1
-    for start, stop in chunks(array.shape[slow], CONVERT_SLICES):
-        for inner_start, inner_stop in chunks(array.shape[inner], CONVERT_TILE):
-            index = [slice(None)] * 3
-            index[slow], index[inner] = slice(start, stop), slice(inner_start, inner_stop)
-            block = np.asarray(array[tuple(index)])
-            target = data[tuple(index)]
-            target[...] = block
-            _scale_inplace(target, slope, inter)
-            if counted:
-                _count_raw_values(block, raw_counts)
+    source, target = _with_positive_strides(array, data)
+    fast = int(np.argmin(source.strides))
+    if _transposable(source, fast):
+        _copy_transposed_planes(source, target, fast, slope, inter, raw_counts)
+    else:
+        _copy_tiles(source, target, slope, inter, raw_counts)
     return data, raw_counts
 
 
+def _with_positive_strides(array: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flip the axes that a reorientation reversed, in both the source and the target.
+
+    Copying a flipped source into an equally flipped target writes the same
+    voxels, and with positive strides the source's rows can go to OpenCV.
+    """
+    flips = tuple(slice(None, None, -1) if stride < 0 else slice(None) for stride in array.strides)
+    return array[flips], data[flips]
+
+
+def _transposable(source: np.ndarray, fast: int) -> bool:
+    """Return whether the planes along ``fast`` and the last axis are 2D images OpenCV can read in place."""
+    return (
+        fast != 2
+        and source.itemsize in TRANSPOSE_BITS
+        and source.strides[fast] == source.itemsize
+        # Rows of the plane must not overlap, which a singleton axis's stride does not promise.
+        and source.strides[2] >= source.shape[fast] * source.itemsize
+    )
+
+
+def _copy_transposed_planes(source: np.ndarray, target: np.ndarray, fast: int, slope: float, inter: float,
+                            raw_counts: np.ndarray | None) -> None:
+    """Copy plane by plane where the file's fastest axis is not the volume's last axis.
+
+    NIfTI data is stored in Fortran order, so x varies fastest in the file
+    but z in the C-ordered volume. Each plane that contains both axes is
+    transposed by OpenCV on its raw bits (about five times faster than a
+    strided NumPy copy on a 512^3 scan) and then converted to float32 with
+    contiguous rows on both sides.
+    """
+    other = 1 - fast  # the axis that is neither the fast one nor the last
+    planes_in = source.transpose(other, 2, fast)  # rows along z, contiguous along the fast axis
+    planes_out = target.transpose(other, fast, 2)
+    bits_type = TRANSPOSE_BITS[source.itemsize]
+    for index in range(planes_in.shape[0]):
+        bits = cv2.transpose(planes_in[index].view(bits_type))
+        plane_out = planes_out[index]
+        plane_out[...] = bits.view(source.dtype)
+        _scale_inplace(plane_out, slope, inter)
+        if raw_counts is not None:
+            _count_raw_values(bits.view(source.dtype), raw_counts)
+
+
+def _copy_tiles(source: np.ndarray, target: np.ndarray, slope: float, inter: float,
+                raw_counts: np.ndarray | None) -> None:
+    """Copy in tiles along the source's slowest axis, for layouts OpenCV cannot transpose.
+
+    The tiles are small enough that strided writes stay in cache.
+    """
+    slow = int(np.argmax(source.strides))
+    inner = 0 if slow != 0 else 1
+    for start, stop in chunks(source.shape[slow], CONVERT_SLICES):
+        for inner_start, inner_stop in chunks(source.shape[inner], CONVERT_TILE):
+            index = [slice(None)] * 3
+            index[slow], index[inner] = slice(start, stop), slice(inner_start, inner_stop)
+            block = np.asarray(source[tuple(index)])
+            tile = target[tuple(index)]
+            tile[...] = block
+            _scale_inplace(tile, slope, inter)
+            if raw_counts is not None:
+                _count_raw_values(block, raw_counts)
+
+
 def _count_raw_values(block: np.ndarray, raw_counts: np.ndarray) -> None:
-    # Bit patterns as unsigned integers index the counts directly. Counting
-    # in pieces keeps bincount's intp copy of its input in cache.
+    """Add the counts of each raw bit pattern in ``block`` to ``raw_counts``."""
     native = block.astype(block.dtype.newbyteorder("="), copy=False)
-    unsigned = native.ravel(order="K").view(f"u{block.dtype.itemsize}")
-    for start, stop in chunks(unsigned.size, COUNT_PIECE):
-        raw_counts += np.bincount(unsigned[start:stop], minlength=raw_counts.size)
+    unsigned = native.view(f"u{block.dtype.itemsize}")
+    if unsigned.ndim == 2 and unsigned.flags.c_contiguous and unsigned.size < HISTOGRAM_EXACT_LIMIT:
+        # OpenCV's histogram is about 1.5 times faster than bincount here. Its
+        # float32 counts are exact below 2**24 voxels.
+        counts = cv2.calcHist([unsigned], [0], None, [raw_counts.size], [0, raw_counts.size])
+        np.add(raw_counts, counts.ravel(), out=raw_counts, casting="unsafe")
+        return
+    # Counting in pieces keeps bincount's intp copy of its input in cache.
+    flat = unsigned.ravel(order="K")
+    for start, stop in chunks(flat.size, COUNT_PIECE):
+        raw_counts += np.bincount(flat[start:stop], minlength=raw_counts.size)
 
 
 def _scaled_value_counts(raw_counts: np.ndarray, dtype: np.dtype, slope: float, inter: float) -> ValueCounts:
