@@ -14,9 +14,11 @@ Objective terms per species, counted in passing slices, the dominant ones first:
 - ``W_OVERSHOOT`` per slice of val above ``val_cap``. Only possible when the
   cap cannot hold.
 - ``W_TEST * |test - round(test_fraction * total)|``.
-- ``W_VAL * |val - val_goal|`` where ``val_goal = min(val_target, val_cap,
-  (total - test_goal) // 2)``. A species too small to reach ``val_target``
-  thus aims val at half of what test leaves, instead of starving train.
+- ``W_VAL * |val - val_goal|`` where ``val_goal = min(val_target, val_cap)``
+  when train can still keep at least as many slices as val, and
+  ``val_goal = test_goal`` otherwise. A species too small for ``val_target``
+  thus splits like ``1 - 2 * test_fraction``, ``test_fraction``,
+  ``test_fraction`` (60/20/20 by default), and train stays the largest split.
 - ``W_VAL_OVER_TRAIN * max(0, val - train)``, a tie-break that pushes train
   to at least the size of val when specimens are too coarse to hit the goals.
 - ``W_BALANCE * sum over splits |count - split mean|``, a linear proxy for the
@@ -239,11 +241,12 @@ def _set_goals(problem: _SpeciesProblem, test_fraction: float, val_target: int, 
     total = problem.total
     problem.test_goal = round(test_fraction * total)
     left_after_test = total - problem.test_goal
-    problem.val_goal = min(val_target, val_cap, left_after_test // 2)
-    if problem.val_goal < val_target:
+    problem.val_goal = min(val_target, val_cap)
+    if problem.val_goal > left_after_test // 2:
+        problem.val_goal = problem.test_goal
         problem.notes.append(
             f"val target {val_target} out of reach with {total} passing slices; "
-            f"val aims at {problem.val_goal}, half of what test leaves"
+            f"val aims at {problem.val_goal}, the same share as test, so that train stays the largest split"
         )
 
 
