@@ -17,6 +17,7 @@ class PreviousState:
     """What the latest successful build recorded, for incremental work."""
 
     last_build_id: int = 0
+    last_successful_build_id: int | None = None
     scan_hashes: dict[str, str] = field(default_factory=dict)            # relative path -> content hash
     scan_rows: dict[str, dict] = field(default_factory=dict)             # relative path -> scan row
     assignments: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)  # -> (split, assigned_in)
@@ -33,6 +34,8 @@ def read_previous_state(out_dir: Path) -> PreviousState:
     try:
         row = connection.execute("SELECT coalesce(max(build_id), 0) FROM builds").fetchone()
         state.last_build_id = int(row[0])
+        row = connection.execute("SELECT build_id FROM latest_build").fetchone()
+        state.last_successful_build_id = int(row[0]) if row else None
         cursor = connection.execute("SELECT * FROM scans")
         names = [d[0] for d in cursor.description]
         for values in cursor.fetchall():

@@ -62,6 +62,21 @@ def build_lock(out_dir: Path) -> Iterator[None]:
         handle.close()
 
 
+def check_unlocked(out_dir: Path) -> None:
+    """Raise CatalogueError when a build holds the lock of ``out_dir``; take and keep nothing."""
+    lock = Path(out_dir) / LOCK_FILE
+    if not lock.exists():
+        return
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            raise CatalogueError(
+                f"another build is running in {out_dir} (lock {lock}); wait for it to finish"
+            ) from error
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def catalogue_version(connection: duckdb.DuckDBPyConnection) -> int | None:
     """Return the version stored in a catalogue, or None for an empty database."""
     tables = {row[0] for row in connection.execute("SELECT table_name FROM information_schema.tables").fetchall()}
@@ -113,7 +128,9 @@ def open_writer(out_dir: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """Open a writable copy of the catalogue and swap it in when the block succeeds."""
     target = catalogue_path(out_dir)
     staging = target.with_name(target.name + ".writing")
-    staging.unlink(missing_ok=True)
+    # A killed build leaves its copy and, beside it, a write-ahead log that
+    # DuckDB would replay into the next copy; both must go.
+    _remove_database_file(staging)
     if target.exists():
         shutil.copyfile(target, staging)
     connection = duckdb.connect(str(staging))
@@ -123,10 +140,15 @@ def open_writer(out_dir: Path) -> Iterator[duckdb.DuckDBPyConnection]:
         connection.execute("CHECKPOINT")
     except BaseException:
         connection.close()
-        staging.unlink(missing_ok=True)
+        _remove_database_file(staging)
         raise
     connection.close()
     os.replace(staging, target)
+
+
+def _remove_database_file(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + ".wal").unlink(missing_ok=True)
 
 
 def open_reader(out_dir: Path) -> duckdb.DuckDBPyConnection:

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import duckdb
 
-from catalog.store import catalogue_path, open_reader
+from catalog.store import CatalogueError, catalogue_path, check_unlocked, open_reader
 from tasks.discover import iter_scan_files, sha256_file
 from tasks.export import write_atomic
+from tasks.publish import staged_build_id, staging_root
 
 HASH_RECORD_FILE = "scan-hashes.json"
 HASH_RECORD_VERSION = 1
@@ -231,6 +232,15 @@ def _describe_changes(changes: ScanChanges) -> list[str]:
     return lines
 
 
+def _build_running(out_dir: Path) -> bool:
+    """Return whether a build holds the lock of ``out_dir`` at this moment."""
+    try:
+        check_unlocked(out_dir)
+    except CatalogueError:
+        return True
+    return False
+
+
 def describe_status(out_dir: Path, scans_dir: Path | None = None) -> str:
     """Describe the last build in ``out_dir`` and the scans waiting to be processed.
 
@@ -267,6 +277,12 @@ def describe_status(out_dir: Path, scans_dir: Path | None = None) -> str:
         lines += _describe_build("last build", last)
         if good is not None and good["build_id"] != last["build_id"]:
             lines += _describe_build("last successful build", good)
+    staged = staged_build_id(out_dir)
+    if staged is not None:
+        if _build_running(out_dir):
+            lines.append(f"build {staged} is running: its images are staged in {staging_root(out_dir)}")
+        else:
+            lines.append(f"build {staged} was interrupted; the next build finishes or discards its staged images")
     if scans_dir is None and good is not None:
         scans_dir = Path(good["scans_dir"])
     if scans_dir is None:

@@ -18,7 +18,8 @@ from flows import export_stage, stages
 from flows.config import BuildConfig
 from flows.runners import make_task_runner
 from tasks.analyse import ANALYSIS_CODE_VERSION
-from tasks.manifest import remove_stale_images, write_classes, write_manifest, write_split_metadata
+from tasks import publish
+from tasks.manifest import class_index, dataset_hash, write_classes, write_manifest, write_split_metadata
 
 
 def storage_folder(out_dir: Path, config: BuildConfig) -> Path:
@@ -45,10 +46,17 @@ def build_dataset(scans_dir: str, out_dir: str, config: BuildConfig = BuildConfi
             build_id=build_id, scans_root=scans_root, out=out, storage=storage_folder(out, config),
             config=config, previous=previous, logger=logger,
         )
+        recovered = publish.recover(out, previous.last_successful_build_id)
+        if recovered:
+            logger.warning("output folder %s: %s", out, recovered)
         try:
             return _run_build(context, started)
         except Exception as error:
             _record_failed_build(context, started, error)
+            # Staged folders of a build whose catalogue was not committed are
+            # useless; those of a committed one are swapped in by the next run.
+            if read_previous_state(out).last_successful_build_id != build_id:
+                publish.discard(out)
             raise
 
 
@@ -68,26 +76,32 @@ def _run_build(context: stages.BuildContext, started: datetime) -> dict:
         # split never reaches the output folder.
         check_leakage(connection, context.build_id)
 
+        # Images go to a staging folder; the live split folders keep the
+        # previous build until this build's catalogue is committed.
+        staging = publish.start(context.out, context.build_id)
         exports = export_stage.export(context, candidates, plan, scans, analyses)
-        # Images are written without a per-file fsync; one sync makes them
-        # durable before the catalogue that lists them is swapped in.
-        os.sync()
         insert_rows(connection, "export_history", exports.rows)
         check_leakage(connection, context.build_id)
 
-        kept = {row["file"] for row in exports.rows if row["status"] != "dropped"}
-        removed = remove_stale_images(context.out, kept)
         selected = [row for row in exports.rows if row["status"] != "dropped"]
+        removed = publish.removed_images(context.out, {row["file"] for row in selected})
         files = [(row["file"], row["sha256"]) for row in selected]
-        digest = write_manifest(context.out, files)
-        classes = write_classes(context.out, {row["species"] for row in selected})
-        write_split_metadata(context.out, exports.metadata, classes)
+        digest = dataset_hash(files)
+        classes = class_index(row["species"] for row in selected)
+        write_split_metadata(staging, exports.metadata, classes)
+        # Images are written without a per-file fsync; one sync makes them
+        # durable before the catalogue that lists them is committed.
+        os.sync()
 
         export_stage.write_species_rows(context, connection, species_reports, plan)
-        report = export_stage.write_report(context, species_reports, plan, scans, analyses, selected, digest)
         finished = datetime.now(timezone.utc).replace(tzinfo=None)
         build_row = export_stage.build_row(context, started, finished, scans, analyses, exports, removed, digest)
         insert_rows(connection, "builds", [build_row])
+
+    publish.publish(context.out)
+    write_manifest(context.out, files)
+    write_classes(context.out, classes)
+    report = export_stage.write_report(context, species_reports, plan, scans, analyses, selected, digest)
 
     logger.info(
         "build %d succeeded: %d images (%d written, %d unchanged, %d removed), %d analyses run, %d cached, "

@@ -19,6 +19,7 @@ from catalog.records import insert_rows
 from flows import progress
 from tasks.analyse import ANALYSIS_CODE_VERSION
 from tasks.export import forget_resolved_folders, image_name, image_path, write_atomic
+from tasks import publish
 from tasks.export_scan import file_sha256
 from tasks.figures import area_fraction_histogram, contact_sheet, counts_chart, preview_pixels, sample_images
 from tasks.prefect_tasks import export_scan_images
@@ -101,8 +102,10 @@ def export(context, candidates: pa.Table, plan: SplitPlan, scans: list[dict], an
                 outcome.metadata.append(_metadata_row(row, columns, position, by_path))
             wanted = {key: min(dropped.get(key, 0), len(groups[key]) - next_position[key]) for key in groups}
             if dropped:
-                logger.info("export round %d: %d images dropped, taking replacements", round_number + 1,
-                            sum(dropped.values()))
+                logger.info(
+                    "export round %d: %d images dropped (refined mask empty or too small); %d replacement "
+                    "slices available", round_number + 1, sum(dropped.values()), sum(wanted.values()),
+                )
     return outcome
 
 
@@ -140,8 +143,10 @@ def _export_batch(context, batch: list[int], columns: dict, by_path: dict, analy
             settled = _earlier_result(context, request)
             if settled is None:
                 pending.append((position, request))
-            else:
-                results.append((position, dict(request, **settled)))
+                continue
+            if settled["status"] == "unchanged":
+                publish.link_unchanged(context.out, request["file"])
+            results.append((position, dict(request, **settled)))
         per_scan[relative_path] = pending
 
     futures = {}
@@ -151,7 +156,7 @@ def _export_batch(context, batch: list[int], columns: dict, by_path: dict, analy
         scan = by_path[relative_path]
         future = export_scan_images.submit(
             scan["file_name"], scan["path"], analyses[relative_path], [request for _, request in items],
-            str(context.out), render, config.image_format, list(config.tiff_voxel_size),
+            str(publish.staging_root(context.out)), render, config.image_format, list(config.tiff_voxel_size),
         )
         futures[future] = items
     for future in as_completed(list(futures)):

@@ -62,11 +62,14 @@ def write_split_metadata(out_dir: Path, rows: list[dict], classes: dict[str, int
         write_atomic(target, buffer.getvalue().encode())
 
 
-def write_classes(out_dir: Path, species: Iterable[str]) -> dict[str, int]:
-    """Write ``classes.json``: class indexes in alphabetical order, as Keras and torchvision assign them."""
-    classes = {name: index for index, name in enumerate(sorted(set(species)))}
+def class_index(species: Iterable[str]) -> dict[str, int]:
+    """Return the class index of each species in alphabetical order, as Keras and torchvision assign them."""
+    return {name: index for index, name in enumerate(sorted(set(species)))}
+
+
+def write_classes(out_dir: Path, classes: dict[str, int]) -> None:
+    """Write ``classes.json``, the class index of each species."""
     write_atomic(out_dir / "classes.json", (json.dumps(classes, indent=1, ensure_ascii=False) + "\n").encode())
-    return classes
 
 
 def remove_stale_images(out_dir: Path, keep: set[str]) -> list[str]:

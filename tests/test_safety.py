@@ -25,12 +25,26 @@ SUBSET = ("Bone_", "Cement_")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _start_build(scans: Path, out: Path, home: Path) -> subprocess.Popen:
+def _start_build(scans: Path, out: Path, home: Path, *extra: str) -> subprocess.Popen:
     """Start ``fossil-slices build`` in a child process on the session's Prefect server."""
     env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value(), PREFECT_HOME=str(home),
                PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", "build", str(scans), str(out), "--quiet"],
-                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command = [sys.executable, "-m", "flows.cli", "build", str(scans), str(out), "--quiet", *extra]
+    return subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _staged_images(out: Path) -> list[Path]:
+    return sorted((out / ".staging").rglob("*.png"))
+
+
+def _specimen_splits(out: Path) -> dict[str, set[str]]:
+    """{species/specimen: splits whose live folders hold its images}."""
+    found: dict[str, set[str]] = {}
+    for path in _images(out):
+        split, species = path.relative_to(out).parts[:2]
+        specimen = path.name.split("__")[0].split("_")[1]
+        found.setdefault(f"{species}/{specimen}", set()).add(split)
+    return found
 
 
 def _wait_until(condition, process: subprocess.Popen, description: str, patience_s: float = 600.0) -> None:
@@ -111,17 +125,43 @@ def test_build_killed_during_export_recovers(real_subset, tmp_path):
 
     out = tmp_path / "out"
     killed = _start_build(real_subset, out, tmp_path / "home")
-    _wait_until(lambda: len(_images(out)) >= 50, killed, "50 images")
+    _wait_until(lambda: len(_staged_images(out)) >= 50, killed, "50 staged images")
     killed.send_signal(signal.SIGKILL)
     killed.communicate()
     assert killed.returncode == -signal.SIGKILL
-    # The catalogue is swapped in only when a build finishes.
+    # The catalogue and the split folders are swapped in only when a build finishes.
     assert not (out / "catalogue.duckdb").exists()
+    assert _images(out) == []
 
     # A write cut off before its rename leaves its temporary file behind.
-    folder = _images(out)[0].parent
-    (folder / f".{_images(out)[0].name}.k1ll3d.tmp").write_bytes(b"\x89PNG cut off")
+    folder = _staged_images(out)[0].parent
+    (folder / f".{_staged_images(out)[0].name}.k1ll3d.tmp").write_bytes(b"\x89PNG cut off")
 
     assert run_cli("build", real_subset, out, "--quiet") == 0
     assert _check_intact(out) == _check_intact(reference)
     assert _leftovers(out) == []
+    assert not (out / ".staging").exists()
+
+
+@pytest.mark.slow
+def test_killed_resplit_keeps_previous_dataset(real_subset, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli("build", real_subset, out, "--quiet") == 0
+    before = {path.relative_to(out): path.read_bytes() for path in _images(out)}
+    first_hash = _check_intact(out)
+
+    # A new split moves specimens between splits: a half-written new split
+    # mixed into the old folders would put one specimen in two splits.
+    killed = _start_build(real_subset, out, tmp_path / "home", "--resplit", "--seed", "7")
+    _wait_until(lambda: len(_staged_images(out)) >= 50, killed, "50 staged images")
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate()
+
+    assert {path.relative_to(out): path.read_bytes() for path in _images(out)} == before
+    assert _check_intact(out) == first_hash
+    assert all(len(splits) == 1 for splits in _specimen_splits(out).values())
+
+    assert run_cli("build", real_subset, out, "--quiet", "--resplit", "--seed", "7") == 0
+    _check_intact(out)
+    assert all(len(splits) == 1 for splits in _specimen_splits(out).values())
+    assert not (out / ".staging").exists()
