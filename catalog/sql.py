@@ -65,6 +65,9 @@ def run_query(connection: duckdb.DuckDBPyConnection, query: str) -> tuple[list[s
     statements = connection.extract_statements(query)
     if not statements:
         raise ReadOnlyError("empty query; give a SELECT statement")
+    if len(statements) > 1:
+        # Only the last result would be printed, so the others would be lost.
+        raise ValueError(f"{len(statements)} statements given; run one statement at a time")
     for statement in statements:
         kind = statement.type.name
         if kind not in ALLOWED_STATEMENTS:

@@ -63,20 +63,38 @@ def _config_from(args: argparse.Namespace):
     return load_config(args.config, overrides)
 
 
+def _config_problem(error: Exception) -> str:
+    """Return a configuration error as 'field: message' lines, without pydantic's links."""
+    if not isinstance(error, ValidationError):
+        return str(error)
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "configuration"
+        lines.append(f"{field}: {item['msg']} (got {item.get('input')!r})")
+    return "; ".join(lines)
+
+
 def _run_build(scans_dir: Path, out_dir: Path, args: argparse.Namespace) -> int:
     from catalog.checks import LeakageError
-    from catalog.store import CatalogueError
+    from catalog.store import CatalogueError, check_unlocked
     from flows import progress
     from flows.build import run_build
 
     try:
         config = _config_from(args)
     except (ValidationError, OSError, ValueError) as error:
-        print(f"fossil-slices: invalid configuration: {error}", file=sys.stderr)
+        print(f"fossil-slices: invalid configuration: {_config_problem(error)}", file=sys.stderr)
         return EXIT_USAGE
     if not scans_dir.is_dir():
         print(f"fossil-slices: scans folder {scans_dir} not found", file=sys.stderr)
         return EXIT_USAGE
+    # Check the lock before Prefect starts, which can take a minute on a busy
+    # machine; the flow takes the lock again for the whole build.
+    try:
+        check_unlocked(out_dir)
+    except CatalogueError as error:
+        print(f"fossil-slices: {error}", file=sys.stderr)
+        return EXIT_CATALOGUE
     progress.enable_bars(not args.quiet)
     try:
         summary = run_build(str(scans_dir), str(out_dir), config)
@@ -185,6 +203,14 @@ def cmd_split(args: argparse.Namespace) -> int:
         print(f"fossil-slices: {error}", file=sys.stderr)
         return EXIT_CATALOGUE
     try:
+        if args.build is not None:
+            known = connection.execute("SELECT 1 FROM builds WHERE build_id = ? AND status = 'succeeded'",
+                                       [args.build]).fetchone()
+            if known is None:
+                print(f"fossil-slices: no successful build {args.build} in {args.db}; "
+                      "list them with: fossil-slices sql \"SELECT build_id, status FROM builds\" --db OUT",
+                      file=sys.stderr)
+                return EXIT_USAGE
         print(explain_split(connection, args.build, detail=args.explain))
     finally:
         connection.close()
@@ -210,7 +236,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         config = _config_from(args)
     except (ValidationError, OSError, ValueError) as error:
-        print(f"fossil-slices: invalid configuration: {error}", file=sys.stderr)
+        print(f"fossil-slices: invalid configuration: {_config_problem(error)}", file=sys.stderr)
         return EXIT_USAGE
     try:
         serve_deployments(str(args.scans), str(args.out), config, interval_minutes=args.interval)

@@ -232,7 +232,12 @@ def collect_candidates(context: BuildContext, scans: list[dict], analyses: dict[
     final = []
     for report in recounted:
         # A species excluded before analysis keeps that reason.
-        final.append(before[report.species] if not before[report.species].included else report)
+        if not before[report.species].included:
+            final.append(before[report.species])
+            continue
+        if not report.included:
+            context.logger.warning("species %s excluded after analysis: %s", report.species, report.reason)
+        final.append(report)
     included = {report.species for report in final if report.included}
     mask = pc.is_in(candidates["species"], value_set=pa.array(sorted(included), pa.string()))
     return candidates.filter(mask), final

@@ -42,6 +42,11 @@ def _replace_atomically(path: Path, write) -> None:
         raise
 
 
+def one_line(text: str) -> str:
+    """Join a multi-line message into one line, so it fits a table cell and a log line."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
 def run_scan_analysis(path: str, scan_hash: str, params: dict, params_hash: str, storage_dir: str) -> dict:
     """Load, analyse and store one scan; return a JSON-ready summary.
 
@@ -69,7 +74,14 @@ def run_scan_analysis(path: str, scan_hash: str, params: dict, params_hash: str,
     try:
         volume = load_volume(Path(path), tiff_voxel_size=tuple(params["tiff_voxel_size"]))
     except ScanReadError as error:
-        summary.update(status=error.status, reason=error.reason, n_slices=0, n_passing=0)
+        summary.update(status=error.status, reason=one_line(error.reason), n_slices=0, n_passing=0)
+        return summary
+    except Exception as error:  # noqa: BLE001
+        # nibabel and tifffile raise many error types on damaged files (a
+        # header block of the wrong size, a missing page index, ...); every
+        # one of them means the file cannot be read.
+        reason = f"unreadable file ({type(error).__name__}: {one_line(str(error))})"
+        summary.update(status="corrupt", reason=reason, n_slices=0, n_passing=0)
         return summary
 
     summary.update(
