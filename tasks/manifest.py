@@ -9,10 +9,9 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from tasks.export import FILE_SUFFIX, write_atomic
+from tasks.export import write_atomic
 from tasks.split import SPLITS
 
-IMAGE_SUFFIXES = frozenset(FILE_SUFFIX.values())
 METADATA_COLUMNS = (
     "file_name", "label", "species", "specimen", "scan", "scan_hash", "view", "slice_index", "split",
     "area_fraction", "sharpness", "intensity_mean", "n_components",
@@ -70,30 +69,3 @@ def class_index(species: Iterable[str]) -> dict[str, int]:
 def write_classes(out_dir: Path, classes: dict[str, int]) -> None:
     """Write ``classes.json``, the class index of each species."""
     write_atomic(out_dir / "classes.json", (json.dumps(classes, indent=1, ensure_ascii=False) + "\n").encode())
-
-
-def remove_stale_images(out_dir: Path, keep: set[str]) -> list[str]:
-    """Delete images under the split folders that are not in ``keep`` (paths below ``out_dir``).
-
-    Also removes temporary files left by an interrupted build, and empty
-    species folders. Returns the removed image paths.
-    """
-    removed = []
-    for split in SPLITS:
-        root = out_dir / split
-        if not root.is_dir():
-            continue
-        for path in sorted(root.rglob("*")):
-            if not path.is_file():
-                continue
-            relative = path.relative_to(out_dir).as_posix()
-            if path.name.startswith(".") and path.name.endswith(".tmp"):
-                # A temporary file of an image write that was interrupted.
-                path.unlink()
-            elif path.suffix in IMAGE_SUFFIXES and relative not in keep:
-                path.unlink()
-                removed.append(relative)
-        for folder in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
-            if not any(folder.iterdir()):
-                folder.rmdir()
-    return removed
