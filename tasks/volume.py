@@ -18,6 +18,8 @@ import nibabel as nib
 import numpy as np
 import tifffile
 from nibabel.filebasedimages import ImageFileError
+from nibabel.imageglobals import LoggingOutputSuppressor
+from nibabel.wrapstruct import WrapStructError
 from nibabel.spatialimages import HeaderDataError
 from scipy import ndimage
 
@@ -205,6 +207,13 @@ class _Scaled:
 
 
 def _open_nifti(path: Path, *, compressed: bool) -> nib.Nifti1Image:
+    # nibabel logs its own complaints about a damaged header at ERROR level;
+    # the ScanReadError below carries the reason instead.
+    with LoggingOutputSuppressor():
+        return _open_nifti_quietly(path, compressed=compressed)
+
+
+def _open_nifti_quietly(path: Path, *, compressed: bool) -> nib.Nifti1Image:
     named_compressed = path.name.lower().endswith(".gz")
     try:
         if compressed == named_compressed:
@@ -217,10 +226,10 @@ def _open_nifti(path: Path, *, compressed: bool) -> nib.Nifti1Image:
             try:
                 fileobj.seek(0)
                 return image_class.from_file_map({"image": holder, "header": holder}, mmap=False)
-            except (HeaderDataError, ImageFileError):
+            except (HeaderDataError, ImageFileError, WrapStructError):
                 continue
         raise ImageFileError("not a NIfTI-1 or NIfTI-2 header")
-    except (ImageFileError, HeaderDataError, EOFError, OSError, zlib.error, ValueError) as error:
+    except (ImageFileError, HeaderDataError, WrapStructError, EOFError, OSError, zlib.error, ValueError) as error:
         content = "gzip-compressed" if compressed else "not gzip-compressed"
         raise ScanReadError("corrupt", f"unreadable header ({content}): {error}") from error
 
