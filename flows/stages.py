@@ -20,7 +20,7 @@ from prefect.futures import as_completed
 from catalog.records import PreviousState, insert_rows, prune_slice_rows, store_slice_rows
 from flows import progress
 from flows.config import BuildConfig
-from tasks.discover import discover_scans
+from tasks.discover import discover_scans, iter_scan_files
 from tasks.prefect_tasks import cached_analyse_scan
 from tasks.scan_analysis import analysis_files
 from tasks.species import SpeciesReport, select_species
@@ -48,7 +48,9 @@ def discover(context: BuildContext) -> list[dict]:
     content as another scan of the same specimen gets status ``duplicate``.
     """
     logger = context.logger
-    found, unparsed = discover_scans(context.scans_root, context.config.name_pattern)
+    total = len(iter_scan_files(context.scans_root))
+    with progress.stage(logger, "discover", total) as tracker:
+        found, unparsed = discover_scans(context.scans_root, context.config.name_pattern, tracker.advance)
     entries = []
     first_of_content: dict[tuple[str, str, str], str] = {}
     for scan in found:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,16 +90,20 @@ def iter_scan_files(root: Path) -> list[Path]:
     return found
 
 
-def discover_scans(root: Path, pattern: str = DEFAULT_NAME_PATTERN) -> tuple[list[Scan], list[UnparsedFile]]:
+def discover_scans(root: Path, pattern: str = DEFAULT_NAME_PATTERN,
+                   on_file: Callable[[], None] | None = None) -> tuple[list[Scan], list[UnparsedFile]]:
     """Walk ``root`` for scans, parse their names and hash their content.
 
     Returns the parsed scans, sorted by relative path, and the files whose
-    names do not match ``pattern``, each with the reason.
+    names do not match ``pattern``, each with the reason. ``on_file`` is
+    called once per file examined, for progress reports.
     """
     scans: list[Scan] = []
     unparsed: list[UnparsedFile] = []
     compiled = re.compile(pattern)
     for path in iter_scan_files(root):
+        if on_file is not None:
+            on_file()
         relative = path.relative_to(root).as_posix()
         stem = scan_stem(path.name)
         parsed = parse_scan_name(stem, compiled.pattern)
