@@ -18,6 +18,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 import argparse  # noqa: E402
+import logging  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -51,7 +52,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                         help="also measure and sample 24 oblique views (8 angles in 3 planes)")
     parser.add_argument("--resplit", action="store_const", const=True, default=None,
                         help="assign every specimen afresh instead of keeping earlier splits")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars, and no log line per Prefect task run")
 
 
 def _config_from(args: argparse.Namespace):
@@ -96,6 +98,10 @@ def _run_build(scans_dir: Path, out_dir: Path, args: argparse.Namespace) -> int:
         print(f"fossil-slices: {error}", file=sys.stderr)
         return EXIT_CATALOGUE
     progress.enable_bars(not args.quiet)
+    if args.quiet:
+        # Prefect logs every task run's start and end; the build's own lines
+        # already say what happened to each scan.
+        logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
     try:
         summary = run_build(str(scans_dir), str(out_dir), config)
     except LeakageError as error:
