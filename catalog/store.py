@@ -40,18 +40,13 @@ def catalogue_path(out_dir: Path) -> Path:
 def build_lock(out_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``out_dir`` for one build.
 
-    Raises CatalogueError at once when another build holds it, because two
+    Raises CatalogueError at once when another build has it, because two
     writers would overwrite each other's images and catalogue.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     handle = open(out_dir / LOCK_FILE, "a+")
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as error:
-            raise CatalogueError(
-                f"another build is running in {out_dir} (lock {out_dir / LOCK_FILE}); wait for it to finish"
-            ) from error
+        _lock_or_raise(handle, out_dir)
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
@@ -68,13 +63,18 @@ def check_unlocked(out_dir: Path) -> None:
     if not lock.exists():
         return
     with open(lock, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as error:
-            raise CatalogueError(
-                f"another build is running in {out_dir} (lock {lock}); wait for it to finish"
-            ) from error
+        _lock_or_raise(handle, out_dir)
         fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _lock_or_raise(handle, out_dir: Path) -> None:
+    """Take the build lock through ``handle`` without waiting, or raise CatalogueError."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as error:
+        raise CatalogueError(
+            f"another build is running in {out_dir} (lock {Path(out_dir) / LOCK_FILE}); wait for it to finish"
+        ) from error
 
 
 def catalogue_version(connection: duckdb.DuckDBPyConnection) -> int | None:

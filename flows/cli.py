@@ -99,8 +99,8 @@ def _run_build(scans_dir: Path, out_dir: Path, args: argparse.Namespace) -> int:
         return EXIT_CATALOGUE
     progress.enable_bars(not args.quiet)
     if args.quiet:
-        # Prefect logs every task run's start and end; the build's own lines
-        # already say what happened to each scan.
+        # Prefect logs every task run's start and end, and the build's own
+        # lines already report what happened to each scan.
         logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
     try:
         summary = run_build(str(scans_dir), str(out_dir), config)
@@ -135,17 +135,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _run_build(scans_dir, args.out_dir / "dataset", args)
 
 
-def cmd_sql(args: argparse.Namespace) -> int:
-    from catalog.sql import ReadOnlyError, connect_read_only, format_rows, run_query
+def _open_catalogue(db: Path):
+    """Open the catalogue in ``db`` read-only, or print why not and return None."""
+    from catalog.sql import connect_read_only
     from catalog.store import CatalogueError
+
+    try:
+        return connect_read_only(db)
+    except CatalogueError as error:
+        print(f"fossil-slices: {error}", file=sys.stderr)
+        return None
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from catalog.sql import ReadOnlyError, format_rows, run_query
 
     if (args.query is None) == (args.export is None):
         print("fossil-slices: give either a QUERY or --export DIR", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        connection = connect_read_only(args.db)
-    except CatalogueError as error:
-        print(f"fossil-slices: {error}", file=sys.stderr)
+    connection = _open_catalogue(args.db)
+    if connection is None:
         return EXIT_CATALOGUE
     if args.export is not None:
         return _export(connection, args.export)
@@ -179,13 +188,9 @@ def _export(connection, export_dir: Path) -> int:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     from catalog.diff import UnknownBuildError, diff_builds, format_diff
-    from catalog.sql import connect_read_only
-    from catalog.store import CatalogueError
 
-    try:
-        connection = connect_read_only(args.db)
-    except CatalogueError as error:
-        print(f"fossil-slices: {error}", file=sys.stderr)
+    connection = _open_catalogue(args.db)
+    if connection is None:
         return EXIT_CATALOGUE
     try:
         diff = diff_builds(connection, args.build_a, args.build_b)
@@ -200,13 +205,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_split(args: argparse.Namespace) -> int:
     from catalog.explain import explain_split
-    from catalog.sql import connect_read_only
-    from catalog.store import CatalogueError
 
-    try:
-        connection = connect_read_only(args.db)
-    except CatalogueError as error:
-        print(f"fossil-slices: {error}", file=sys.stderr)
+    connection = _open_catalogue(args.db)
+    if connection is None:
         return EXIT_CATALOGUE
     try:
         if args.build is not None:
@@ -280,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sql = commands.add_parser("sql", help="run a read-only SQL query on a catalogue")
     sql.add_argument("query", nargs="?", help='SQL query, e.g. "SELECT * FROM species"')
-    sql.add_argument("--db", type=Path, required=True, help="output folder of a build (holds catalogue.duckdb)")
+    sql.add_argument("--db", type=Path, required=True, help="output folder of a build, which contains catalogue.duckdb")
     sql.add_argument("--format", dest="output_format", choices=("table", "csv", "json"), default="table",
                      help="output format (default table)")
     sql.add_argument("--export", type=Path, default=None, metavar="DIR",
@@ -290,11 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     diff = commands.add_parser("diff", help="compare two builds: split changes, images, train/test overlap")
     diff.add_argument("build_a", type=int, help="earlier build id (its test split is checked)")
     diff.add_argument("build_b", type=int, help="later build id (its train split is checked)")
-    diff.add_argument("--db", type=Path, required=True, help="output folder of the builds (holds catalogue.duckdb)")
+    diff.add_argument("--db", type=Path, required=True, help="output folder of the builds, which contains catalogue.duckdb")
     diff.set_defaults(handler=cmd_diff)
 
     split = commands.add_parser("split", help="show how a build split the specimens of each species")
-    split.add_argument("--db", type=Path, required=True, help="output folder of a build (holds catalogue.duckdb)")
+    split.add_argument("--db", type=Path, required=True, help="output folder of a build, which contains catalogue.duckdb")
     split.add_argument("--explain", action="store_true",
                        help="list every specimen with its passing slices and chosen split")
     split.add_argument("--build", type=int, default=None, help="build id (default: the latest successful build)")

@@ -33,6 +33,16 @@ def run_cli(*args: str) -> int:
     return main([str(arg) for arg in args] + [])
 
 
+def copy_real_cores(target: Path, prefixes: tuple[str, ...]) -> Path:
+    """Copy the real-cores scans whose names start with one of ``prefixes`` into ``target``."""
+    assert REAL_CORES.is_dir(), f"real scans not found at {REAL_CORES}"
+    target.mkdir(parents=True, exist_ok=True)
+    for path in sorted(REAL_CORES.iterdir()):
+        if path.name.startswith(prefixes):
+            shutil.copy(path, target / path.name)
+    return target
+
+
 @pytest.fixture(scope="session")
 def real_cores_build(tmp_path_factory) -> Path:
     """Output folder of one build of the real-cores collection, shared by the session's tests.

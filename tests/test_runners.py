@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from flows.config import BuildConfig
 from flows.runners import make_task_runner
 
-from conftest import REAL_CORES, run_cli
+from conftest import copy_real_cores, run_cli
 
 # Two species of the real collection keep CI time down; Bone brings the
 # second export of one specimen, which must follow it into its split.
@@ -36,11 +35,7 @@ def _dataset_hash(out: Path) -> str:
 
 @pytest.fixture(scope="module")
 def real_subset(tmp_path_factory) -> Path:
-    assert REAL_CORES.is_dir(), f"real scans not found at {REAL_CORES}"
-    scans = tmp_path_factory.mktemp("real-subset")
-    for path in sorted(REAL_CORES.iterdir()):
-        if path.name.startswith(SUBSET):
-            shutil.copy(path, scans / path.name)
+    scans = copy_real_cores(tmp_path_factory.mktemp("real-subset"), SUBSET)
     assert len(list(scans.iterdir())) == 17
     return scans
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from prefect.settings import PREFECT_API_URL
 from tasks.export import decode_image
 from tasks.manifest import dataset_hash
 
-from conftest import REAL_CORES, run_cli
+from conftest import copy_real_cores, run_cli
 
 SUBSET = ("Bone_", "Cement_")
 REPO = Path(__file__).resolve().parents[1]
@@ -90,11 +89,7 @@ def _check_intact(out: Path) -> str:
 
 @pytest.fixture(scope="module")
 def real_subset(tmp_path_factory) -> Path:
-    assert REAL_CORES.is_dir(), f"real scans not found at {REAL_CORES}"
-    scans = tmp_path_factory.mktemp("safety-scans")
-    for path in sorted(REAL_CORES.iterdir()):
-        if path.name.startswith(SUBSET):
-            shutil.copy(path, scans / path.name)
+    scans = copy_real_cores(tmp_path_factory.mktemp("safety-scans"), SUBSET)
     return scans
 
 
