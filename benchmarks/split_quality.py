@@ -170,7 +170,7 @@ def summarise(
     cv = "  ".join(f"{split} {coefficient_of_variation(selected[split]):.3f}" for split in SPLITS)
     empty = sum(min(totals[name].values()) == 0 for name in species)
     val_low = VAL_TARGET * 0.8
-    # Selected val slices are what training sees; the pool is every passing
+    # Selected val slices are what training uses, and the pool is every passing
     # slice of the val specimens, before the val quota caps it.
     val_outside = sum(not val_low <= count <= VAL_CAP for count in selected["val"])
     pool_outside = sum(not val_low <= totals[name]["val"] <= VAL_CAP for name in species)

@@ -14,7 +14,7 @@ from catalog.store import catalogue_path, insert_arrow, open_reader
 
 @dataclass
 class PreviousState:
-    """What the latest successful build recorded, for incremental work."""
+    """State recorded by the latest successful build, for incremental work."""
 
     last_build_id: int = 0
     last_successful_build_id: int | None = None

@@ -34,7 +34,7 @@ SETTLED_NS = 2_000_000_000
 
 @dataclass
 class ScanChanges:
-    """How a scans folder differs from the latest successful build in the catalogue.
+    """Differences between a scans folder and the latest successful build in the catalogue.
 
     Every list contains paths relative to ``scans_dir``, sorted.
     """

@@ -50,7 +50,7 @@ class Analysis:
     """The result of analysing one volume.
 
     ``mask`` is None when the status is not ``"analysed"``; then ``slices`` is
-    empty and ``reason`` says why.
+    empty and ``reason`` gives the cause.
     """
 
     status: str
@@ -177,8 +177,8 @@ def choose_threshold(volume: np.ndarray, histogram: ValueCounts | None = None) -
 
     Otsu's method runs on the voxels above the volume minimum. It falls back
     to 0.4 x max when fewer than 10 voxels are above the minimum, when Otsu
-    fails, or when Otsu lands above 0.8 x max, because then it has split the
-    bright tail of the fossil instead of fossil from background.
+    fails, or when Otsu lands above 0.8 x max. A threshold that high means
+    Otsu split the bright tail of the fossil instead of fossil from background.
 
     Parameters
     ----------

@@ -572,7 +572,7 @@ def image_path(out_dir: Path, split: str, species: str, name: str) -> Path:
 @functools.lru_cache(maxsize=4096)
 def _folder_resolves_inside(folder: str, out_dir: str) -> bool:
     # Resolving follows symlinks with one system call per path component, so
-    # the answer is cached per folder; a build asks it for thousands of images.
+    # the result is cached per folder. A build checks thousands of images.
     return Path(folder).resolve().is_relative_to(Path(out_dir).resolve())
 
 
@@ -584,7 +584,7 @@ def forget_resolved_folders() -> None:
 def _resolves_inside(path: str, out_dir: str) -> bool:
     """Return whether ``path`` stays inside ``out_dir`` after following symlinks.
 
-    The folder's answer is cached. The file itself is checked only when it is
+    The folder's result is cached. The file itself is checked only when it is
     a symlink, which an image never is.
     """
     candidate = Path(path)

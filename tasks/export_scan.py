@@ -1,8 +1,9 @@
 """Write the selected slice images of one scan.
 
-The scan's volume is rebuilt from the file and its stored analysis only when
-at least one of its images is new or changed; an image whose file already
-holds the bytes recorded by an earlier build is left alone.
+The build settles images that an earlier build already wrote before it calls
+this, so the scan's volume is rebuilt from the file and its stored analysis
+only for images that are new or changed. A request whose target file already
+contains the recorded bytes is still reported as unchanged without a render.
 """
 
 from __future__ import annotations

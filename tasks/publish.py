@@ -9,7 +9,7 @@ builds, which could put one specimen in two splits.
 
 The staging folder records its build id. The next build finishes an
 interrupted swap when the catalogue records that build as succeeded, and
-discards the staged folders when it does not; ``status`` reports them.
+it discards the staged folders otherwise. ``status`` reports them.
 """
 
 from __future__ import annotations

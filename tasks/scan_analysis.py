@@ -68,7 +68,7 @@ def run_scan_analysis(path: str, scan_hash: str, params: dict, params_hash: str,
     -------
     dict
         ``status`` is ``"analysed"``, ``"degenerate"``, ``"corrupt"`` or
-        ``"unsupported"``; ``reason`` says why for every status but the first.
+        ``"unsupported"``; ``reason`` gives the cause for every status but the first.
     """
     summary = {"scan_hash": scan_hash, "params_hash": params_hash, "warnings": ""}
     try:
@@ -77,8 +77,8 @@ def run_scan_analysis(path: str, scan_hash: str, params: dict, params_hash: str,
         summary.update(status=error.status, reason=one_line(error.reason), n_slices=0, n_passing=0)
         return summary
     except Exception as error:  # noqa: BLE001
-        # nibabel and tifffile raise many error types on damaged files (a
-        # header block of the wrong size, a missing page index, ...); every
+        # nibabel and tifffile raise many error types on damaged files, such
+        # as a header block of the wrong size or a missing page index. Every
         # one of them means the file cannot be read.
         reason = f"unreadable file ({type(error).__name__}: {one_line(str(error))})"
         summary.update(status="corrupt", reason=reason, n_slices=0, n_passing=0)
