@@ -8,8 +8,11 @@ run:
 - images per second of :func:`tasks.export_scan.export_scan` (load the scan,
   cut, refine the mask, render, encode and write each PNG), in one process;
 - images per second of a bare loop over the same slices that only resizes
-  each slice to the image size and encodes it as an RGB PNG with OpenCV;
+  each slice to the image size and encodes it as an RGB PNG with OpenCV's
+  default row filters;
 - their ratio (target: at least 0.70);
+- the same bare loop with the export's own PNG settings (Sub filter), and the
+  ratio against it, which shows the cost of everything but the encoder;
 - the speed-up of the export on 2 processes, one scan per job;
 - where the time of the export goes, step by step.
 """
@@ -35,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from flows.config import BuildConfig  # noqa: E402
 from flows.export_stage import render_settings  # noqa: E402
-from tasks.export import PNG_COMPRESSION, RenderParams, encode_image, render_slice, write_atomic  # noqa: E402
+from tasks.export import PNG_COMPRESSION, PNG_FILTER, RenderParams, encode_image, render_slice, write_atomic  # noqa: E402
 from tasks.export_scan import export_scan  # noqa: E402
 from tasks.oblique import extract_slice  # noqa: E402
 from tasks.scan_analysis import load_masked_volume, run_scan_analysis  # noqa: E402
@@ -97,7 +100,7 @@ def jobs(plan, out_dir: Path, render: dict) -> list[tuple]:
     return [(str(path), summary, requests, str(out_dir), render) for path, (summary, requests) in items]
 
 
-def bare_loop(plan, size: int) -> tuple[int, float]:
+def bare_loop(plan, size: int, png_options: list[int]) -> tuple[int, float]:
     """Resize each slice to `size` and encode it as an RGB PNG with OpenCV; return (images, seconds)."""
     volumes = {path: load_masked_volume(str(path), summary, (1.0, 1.0, 1.0)) for path, (summary, _) in plan.items()}
     count = 0
@@ -107,7 +110,7 @@ def bare_loop(plan, size: int) -> tuple[int, float]:
         for request in requests:
             image, _ = extract_slice(volume, mask, request["view"], request["slice_index"])
             gray = cv2.resize(np.rint(image * 255).astype(np.uint8), (size, size), interpolation=cv2.INTER_AREA)
-            ok, _ = cv2.imencode(".png", cv2.merge((gray, gray, gray)), [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
+            ok, _ = cv2.imencode(".png", cv2.merge((gray, gray, gray)), png_options)
             count += ok
     return count, time.perf_counter() - start
 
@@ -149,7 +152,9 @@ def main(argv: list[str] | None = None) -> None:
         plan = plan_requests(analyse_scans(root / "storage", config), total)
         print(f"{total} slices from {len(plan)} scans in {SCANS}")
 
-        bare_images, bare_seconds = bare_loop(plan, config.image_size)
+        default_filters = [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION]
+        bare_images, bare_seconds = bare_loop(plan, config.image_size, default_filters)
+        sub_images, sub_seconds = bare_loop(plan, config.image_size, default_filters + [cv2.IMWRITE_PNG_FILTER, PNG_FILTER])
 
         start = time.perf_counter()
         written = sum(run_export(job) for job in jobs(plan, root / "one", render))
@@ -170,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"export, 1 process:  {written} images in {one_seconds:.2f} s = {export_rate:.0f} images/s")
     print(f"bare resize + PNG:  {bare_images} images in {bare_seconds:.2f} s = {bare_rate:.0f} images/s")
     print(f"ratio export / bare: {ratio:.2f} (target {TARGET_RATIO:.2f}: {'met' if ratio >= TARGET_RATIO else 'NOT met'})")
+    sub_rate = sub_images / sub_seconds
+    print(f"bare, export's PNG settings: {sub_rate:.0f} images/s, ratio export / this loop {export_rate / sub_rate:.2f}")
     print(f"export, 2 processes: {written_two} images in {two_seconds:.2f} s = {written_two / two_seconds:.0f} "
           f"images/s, speed-up {one_seconds / two_seconds:.2f}x")
     spent = sum(steps.values())

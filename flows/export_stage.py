@@ -18,7 +18,7 @@ from prefect.futures import as_completed
 from catalog.records import insert_rows
 from flows import progress
 from tasks.analyse import ANALYSIS_CODE_VERSION
-from tasks.export import forget_resolved_folders, image_name, image_path, write_atomic
+from tasks.export import EXPORT_CODE_VERSION, forget_resolved_folders, image_name, image_path, write_atomic
 from tasks import publish
 from tasks.export_scan import file_sha256
 from tasks.figures import area_fraction_histogram, contact_sheet, counts_chart, preview_pixels, sample_images
@@ -60,7 +60,7 @@ def render_settings(config) -> dict:
 def export_key(request: dict, params_hash: str, render: dict, image_format: str) -> str:
     """Return a hash of everything an exported image depends on, including its path."""
     parts = [request["scan_hash"], params_hash, request["view"], request["slice_index"], request["file"],
-             render, image_format]
+             render, image_format, EXPORT_CODE_VERSION]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 

