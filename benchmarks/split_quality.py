@@ -17,6 +17,8 @@ Selected slices per species and split are ``min(quota, passing slices in the
 split)`` with quotas from ``split_quotas(10000, 0.2, 1000, 1200)``. The CV is
 taken over the species listed in each summary.
 
+Solve times are the median of 5 runs of each method in the same process.
+
 Run ``python benchmarks/split_quality.py``. With ``--quick`` it prints only
 the summary, without the per-species table.
 """
@@ -43,6 +45,7 @@ VAL_TARGET = 1000
 VAL_CAP = 1200
 TARGET_PER_SPECIES = 10000
 SEED = 42
+RUNS = 5  # each method's solve time is the median of this many runs
 
 # Scans per specimen for each species, one entry per specimen.
 STUDY_SPECIMENS: dict[str, list[int]] = {
@@ -202,6 +205,16 @@ def print_table(scans: list[Scan], reference: dict, ours: dict) -> None:
         print(row.rstrip(" |"))
 
 
+def timed(method, runs: int = RUNS):
+    """Run `method` `runs` times; return its last result and the median seconds of one run."""
+    seconds = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = method()
+        seconds.append(time.perf_counter() - start)
+    return result, float(np.median(seconds))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="print the summary only, without the per-species table")
@@ -211,12 +224,8 @@ def main() -> None:
     specimen_count = len({(scan.species, scan.specimen) for scan in scans})
     print(f"collection: {len(STUDY_SPECIMENS)} species, {specimen_count} specimens, {len(scans)} scans")
 
-    start = time.perf_counter()
-    reference = reference_split(scans)
-    reference_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    ours, optimal = cp_sat_split(scans)
-    ours_seconds = time.perf_counter() - start
+    reference, reference_seconds = timed(lambda: reference_split(scans))
+    (ours, optimal), ours_seconds = timed(lambda: cp_sat_split(scans))
 
     reference_totals = passing_per_split(scans, reference)
     ours_totals = passing_per_split(scans, ours)

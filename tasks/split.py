@@ -52,6 +52,14 @@ W_VAL_OVER_TRAIN = 2
 # costs more than the balance term can win back over the three splits.
 W_BALANCE = 1
 
+# Species with at most this many specimens to place are solved without
+# presolve, probing, symmetry detection, LP relaxation and in-processing.
+# Measured with 600 to 3000 slices per specimen, species of up to 16
+# specimens then reach the same proven optimum 2 to 4 times faster. Species
+# of 25 or more take 5 to over 100 times longer that way, so they keep
+# CP-SAT's defaults.
+LEAN_SEARCH_MAX_SPECIMENS = 16
+
 
 @dataclass(frozen=True)
 class SpecimenSlices:
@@ -293,6 +301,8 @@ def _solve_species(
     solver.parameters.num_workers = 1
     solver.parameters.random_seed = seed
     solver.parameters.max_deterministic_time = budget
+    if len(free) <= LEAN_SEARCH_MAX_SPECIMENS:
+        _use_lean_search(solver.parameters)
     status = solver.solve(model)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         raise RuntimeError(
@@ -309,6 +319,15 @@ def _solve_species(
         placed.setdefault(name, "train")
     _note_outcome(problem, placed, val_cap)
     return placed, status == cp_model.OPTIMAL, solver.deterministic_time
+
+
+def _use_lean_search(parameters) -> None:
+    """Switch off the CP-SAT stages that cost more than they save on a model of a few specimens."""
+    parameters.cp_model_presolve = False
+    parameters.cp_model_probing_level = 0
+    parameters.symmetry_level = 0
+    parameters.linearization_level = 0
+    parameters.use_sat_inprocessing = False
 
 
 def _add_coverage(model: cp_model.CpModel, problem: _SpeciesProblem, free, choice) -> cp_model.LinearExpr:
