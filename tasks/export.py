@@ -506,6 +506,13 @@ def safe_component(name: str) -> str:
     """
     if not isinstance(name, str):
         raise ValueError(f"name must be a str, got {type(name).__name__} {name!r}")
+    return _safe_str_component(name)
+
+
+@lru_cache(maxsize=65536)
+def _safe_str_component(name: str) -> str:
+    # A build checks the same few species, specimen and view names for every
+    # image, so the results are cached.
     name = unicodedata.normalize("NFC", name)
     if not name:
         raise ValueError("name is empty: give a non-empty species, specimen, scan or view name")
@@ -579,8 +586,7 @@ def image_path(out_dir: Path, split: str, species: str, name: str) -> Path:
     """
     if safe_component(name) != name:
         raise ValueError(f"file name {name!r} is not a safe path component: build it with image_name")
-    out_dir = Path(out_dir)
-    path = out_dir / safe_component(split) / safe_component(species) / name
+    path = Path(out_dir, safe_component(split), safe_component(species), name)
     if not _resolves_inside(str(path), str(out_dir)):
         raise ValueError(f"image path {path} resolves outside the output folder {out_dir}: remove the symlink")
     return path
@@ -604,9 +610,8 @@ def _resolves_inside(path: str, out_dir: str) -> bool:
     The folder's result is cached. The file itself is checked only when it is
     a symlink, which an image never is.
     """
-    candidate = Path(path)
-    if not _folder_resolves_inside(str(candidate.parent), out_dir):
+    if not _folder_resolves_inside(os.path.dirname(path), out_dir):
         return False
-    if candidate.is_symlink():
-        return candidate.resolve().is_relative_to(Path(out_dir).resolve())
+    if os.path.islink(path):
+        return Path(path).resolve().is_relative_to(Path(out_dir).resolve())
     return True

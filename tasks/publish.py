@@ -70,9 +70,11 @@ def start(out_dir: Path, build_id: int) -> Path:
 
 def link_unchanged(out_dir: Path, relative: str) -> None:
     """Put the live image ``relative`` into the staging folder as a hard link (a copy where links fail)."""
-    source = Path(out_dir) / relative
-    target = staging_root(out_dir) / relative
-    target.parent.mkdir(parents=True, exist_ok=True)
+    source = os.path.join(out_dir, relative)
+    target = os.path.join(staging_root(out_dir), relative)
+    folder = os.path.dirname(target)
+    if not os.path.isdir(folder):
+        os.makedirs(folder, exist_ok=True)
     try:
         os.link(source, target)
     except OSError:
@@ -80,17 +82,16 @@ def link_unchanged(out_dir: Path, relative: str) -> None:
 
 
 def removed_images(out_dir: Path, keep: set[str]) -> list[str]:
-    """Return the live images (paths below ``out_dir``) that the staged build no longer has."""
+    """Return the live images (paths below ``out_dir``) that the staged build no longer has, sorted."""
     removed = []
     for split in SPLITS:
-        folder = Path(out_dir) / split
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.rglob("*")):
-            relative = path.relative_to(out_dir).as_posix()
-            if path.suffix in IMAGE_SUFFIXES and path.is_file() and relative not in keep:
-                removed.append(relative)
-    return removed
+        for folder, _, names in os.walk(os.path.join(out_dir, split)):
+            relative_folder = os.path.relpath(folder, out_dir).replace(os.sep, "/")
+            for name in names:
+                relative = f"{relative_folder}/{name}"
+                if os.path.splitext(name)[1] in IMAGE_SUFFIXES and relative not in keep:
+                    removed.append(relative)
+    return sorted(removed)
 
 
 def publish(out_dir: Path) -> None:
