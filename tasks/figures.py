@@ -8,6 +8,7 @@ same input always gives the same bytes.
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -83,11 +84,20 @@ def encode_png(canvas: np.ndarray) -> bytes:
     return buffer.tobytes()
 
 
+def caption_text(text: str) -> str:
+    """Return `text` in the ASCII that OpenCV's Hershey fonts can draw.
+
+    Accents are dropped ("Globigerinoïdes" becomes "Globigerinoides"). A
+    character with no ASCII base letter becomes "?"; report.html shows the
+    name in full.
+    """
+    decomposed = unicodedata.normalize("NFKD", text)
+    base = "".join(character for character in decomposed if not unicodedata.combining(character))
+    return base.encode("ascii", "replace").decode()
+
+
 def _fit_text(text: str, width: int, scale: float = TEXT_SCALE) -> str:
     """Shorten `text` with a trailing '..' until it fits `width` pixels."""
-    # NOTE: Hershey fonts draw only ASCII, so a non-ASCII species name shows a
-    # "?" per character on the figures (report.html shows it in full).
-    text = text.encode("ascii", "replace").decode()
     if cv2.getTextSize(text, FONT, scale, 1)[0][0] <= width:
         return text
     while text and cv2.getTextSize(text + "..", FONT, scale, 1)[0][0] > width:
@@ -98,6 +108,7 @@ def _fit_text(text: str, width: int, scale: float = TEXT_SCALE) -> str:
 def _put_text(canvas: np.ndarray, text: str, origin: tuple[int, int], *, scale: float = TEXT_SCALE,
               colour=BLACK, width: int | None = None) -> None:
     """Draw `text` with its baseline's left end at `origin` (x, y), cut to `width` pixels."""
+    text = caption_text(text)
     if width is not None:
         text = _fit_text(text, width, scale)
     cv2.putText(canvas, text, origin, FONT, scale, colour, 1, cv2.LINE_AA)

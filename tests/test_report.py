@@ -14,7 +14,7 @@ import pytest
 
 from catalog.sql import connect_read_only
 from tasks.figures import (
-    SheetLayout, area_fraction_histogram, contact_sheet, counts_chart, sample_images,
+    SheetLayout, area_fraction_histogram, caption_text, contact_sheet, counts_chart, sample_images,
 )
 from tasks.report import split_stats
 from tasks.report_html import Figure, report_html
@@ -81,6 +81,17 @@ def test_contact_sheet_shape():
     tiles = {name: [("specimen1", np.full((30, 30), 200, np.uint8))] for name in ("A", "B", "C")}
     pixels = cv2.imdecode(np.frombuffer(contact_sheet("t", tiles, layout), np.uint8), cv2.IMREAD_UNCHANGED)
     assert pixels.shape == layout.shape(3)
+
+
+def test_caption_drops_accents():
+    assert caption_text("Globigerinoïdes") == "Globigerinoides"
+    assert caption_text("Ærø") == "?r?"
+
+
+def test_contact_sheet_accented_caption():
+    tiles = {"Globigerinoides": [("specimen1", np.full((30, 30), 200, np.uint8))]}
+    accented = {"Globigerinoïdes": tiles["Globigerinoides"]}
+    assert contact_sheet("train", accented) == contact_sheet("train", tiles)
 
 
 def test_html_escapes_names():
