@@ -88,3 +88,14 @@ def test_images_rgb_224(loaded):
             assert (pixels[..., 0] == pixels[..., 1]).all()
             assert (pixels[..., 1] == pixels[..., 2]).all()
             assert pixels.max() > 0, "an exported image is all black"
+
+
+def test_readme_class_label_cast(loaded, real_cores_build):
+    # The cast that the README's training section gives.
+    classes = list(json.loads((real_cores_build / "classes.json").read_text()))
+    named = loaded.cast_column("label", datasets.ClassLabel(names=classes))
+    for name in HF_SPLITS.values():
+        features = named[name].features["label"]
+        assert features.names == classes
+        labels = named[name]["label"]
+        assert [features.int2str(label) for label in labels] == loaded[name]["species"]
