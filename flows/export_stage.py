@@ -134,10 +134,26 @@ def _export_batch(context, batch: list[int], columns: dict, by_path: dict, analy
         request["previous_sha256"] = context.previous.exports.get(request["export_key"])
         per_scan[scan["relative_path"]].append((position, request))
 
+    futures = {}
+
+    def submit(relative_path: str, items: list[tuple[int, dict]]) -> None:
+        scan = by_path[relative_path]
+        future = export_scan_images.submit(
+            scan["file_name"], scan["path"], analyses[relative_path], [request for _, request in items],
+            str(publish.staging_root(context.out)), render, config.image_format, list(config.tiff_voxel_size),
+        )
+        futures[future] = items
+
+    # Scans that no earlier build exported from start at once, so that they
+    # render while the flow settles the images of the other scans.
+    for relative_path in sorted(per_scan):
+        if not any(_has_earlier_record(context, request) for _, request in per_scan[relative_path]):
+            submit(relative_path, per_scan.pop(relative_path))
+
     # Settle in the flow what an earlier build already did, so that a scan
     # whose images are all in place costs no task and no volume load.
     results = []
-    for relative_path in list(per_scan):
+    for relative_path in sorted(per_scan):
         pending = []
         for position, request in per_scan[relative_path]:
             settled = _earlier_result(context, request)
@@ -147,24 +163,20 @@ def _export_batch(context, batch: list[int], columns: dict, by_path: dict, analy
             if settled["status"] == "unchanged":
                 publish.link_unchanged(context.out, request["file"])
             results.append((position, dict(request, **settled)))
-        per_scan[relative_path] = pending
+        if pending:
+            submit(relative_path, pending)
 
-    futures = {}
-    for relative_path, items in sorted(per_scan.items()):
-        if not items:
-            continue
-        scan = by_path[relative_path]
-        future = export_scan_images.submit(
-            scan["file_name"], scan["path"], analyses[relative_path], [request for _, request in items],
-            str(publish.staging_root(context.out)), render, config.image_format, list(config.tiff_voxel_size),
-        )
-        futures[future] = items
     for future in as_completed(list(futures)):
         items = futures[future]
         for (position, request), result in zip(items, future.result()):
             results.append((position, dict(request, **result)))
     results.sort(key=lambda item: item[0])
     return results
+
+
+def _has_earlier_record(context, request: dict) -> bool:
+    """Return whether an earlier build wrote or dropped the image of ``request``."""
+    return bool(request["previous_sha256"]) or request["export_key"] in context.previous.dropped
 
 
 def _earlier_result(context, request: dict) -> dict | None:
