@@ -66,7 +66,8 @@ def make_runner(scans_dir: str, out_dir: str, config: BuildConfig, interval_minu
     # The runner keeps these flow objects in memory and runs them as they are,
     # so the task runner chosen here is the one a UI-started build uses.
     # NOTE: task_runner, max_workers and dask_address typed into the UI form of
-    # build-dataset do not change its task runner; the serve flags fix it.
+    # build-dataset do not change its task runner; the serve flags fix it, and
+    # the run logs a warning when the form names another runner.
     # rebuild-on-new-scans starts its build with the runner its form names.
     runner.add_flow(
         build_dataset.with_options(task_runner=make_task_runner(config)), name=BUILD_DEPLOYMENT,

@@ -10,13 +10,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
 
 from catalog.checks import LeakageError, check_leakage
 from catalog.records import insert_rows, read_previous_state
 from catalog.store import build_lock, open_writer
 from flows import export_stage, stages
 from flows.config import BuildConfig
-from flows.runners import make_task_runner
+from flows.runners import make_task_runner, runner_mismatch
 from tasks.analyse import ANALYSIS_CODE_VERSION
 from tasks import publish
 from tasks.manifest import class_index, dataset_hash, write_classes, write_manifest, write_split_metadata
@@ -35,6 +36,9 @@ def build_dataset(scans_dir: str, out_dir: str, config: BuildConfig = BuildConfi
     analyses run and reused.
     """
     logger = get_run_logger()
+    mismatch = runner_mismatch(config, FlowRunContext.get().task_runner)
+    if mismatch:
+        logger.warning(mismatch)
     scans_root, out = Path(scans_dir).resolve(), Path(out_dir).resolve()
     if not scans_root.is_dir():
         raise FileNotFoundError(f"scans folder {scans_root} not found; pass an existing folder of .nii/.nii.gz/.tif files")

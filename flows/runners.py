@@ -26,3 +26,28 @@ def make_task_runner(config: BuildConfig):
         cluster_kwargs={"n_workers": config.max_workers, "threads_per_worker": 1, "processes": True,
                         "host": "127.0.0.1", "dashboard_address": None},
     )
+
+
+def runner_kind(runner) -> str:
+    """Return ``threads``, ``processes`` or ``dask`` for a Prefect task runner, or its class name."""
+    if isinstance(runner, ThreadPoolTaskRunner):
+        return "threads"
+    if isinstance(runner, ProcessPoolTaskRunner):
+        return "processes"
+    name = type(runner).__name__
+    return "dask" if name == "DaskTaskRunner" else name
+
+
+def runner_mismatch(config: BuildConfig, runner) -> str | None:
+    """Explain why ``config.task_runner`` has no effect on a run that uses ``runner``, or return None.
+
+    A served ``build-dataset`` deployment keeps the task runner that
+    ``fossil-slices serve`` gave it, whatever runner the UI form names.
+    """
+    kind = runner_kind(runner)
+    if kind == config.task_runner:
+        return None
+    return (
+        f"task_runner {config.task_runner!r} in the parameters is ignored: this run's tasks run on {kind}, "
+        "chosen when the flow was started or served (fossil-slices serve --task-runner)"
+    )

@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from flows.config import BuildConfig
-from flows.runners import make_task_runner
+from flows.runners import make_task_runner, runner_mismatch
 
 from conftest import copy_real_cores, run_cli
 
@@ -67,3 +68,16 @@ def test_dask_runner_is_local_two_process_cluster():
 def test_dask_runner_uses_given_scheduler():
     runner = make_task_runner(BuildConfig(task_runner="dask", dask_address="tcp://127.0.0.1:8786"))
     assert runner.address == "tcp://127.0.0.1:8786"
+
+
+def test_runner_mismatch_named():
+    message = runner_mismatch(BuildConfig(task_runner="dask"), ThreadPoolTaskRunner(max_workers=2))
+    assert message is not None
+    assert "'dask'" in message
+    assert "run on threads" in message
+
+
+def test_runner_match_silent():
+    assert runner_mismatch(BuildConfig(task_runner="threads"), ThreadPoolTaskRunner(max_workers=2)) is None
+    assert runner_mismatch(BuildConfig(task_runner="processes"), ProcessPoolTaskRunner(max_workers=2)) is None
+    assert runner_mismatch(BuildConfig(task_runner="dask"), make_task_runner(BuildConfig(task_runner="dask"))) is None
