@@ -10,26 +10,15 @@ is hashed again.
 
 from __future__ import annotations
 
-import json
-import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 
 from catalog.store import CatalogueError, catalogue_path, check_unlocked, open_reader
-from tasks.discover import iter_scan_files, sha256_file
-from tasks.export import write_atomic
+from tasks.discover import HASH_RECORD_FILE, ScanHashRecord, iter_scan_files
 from tasks.publish import staged_build_id, staging_root
 
-HASH_RECORD_FILE = "scan-hashes.json"
-HASH_RECORD_VERSION = 1
-
-# A file changed twice within one tick of the file system clock can keep its
-# times, so a hash is only recorded for a file that has been left alone for
-# this long before it was read.
-SETTLED_NS = 2_000_000_000
 
 
 @dataclass
@@ -56,66 +45,6 @@ class ScanChanges:
         """Return one line such as ``1 new, 0 changed, 2 removed, 30 unchanged``."""
         return (f"{len(self.new)} new, {len(self.changed)} changed, {len(self.removed)} removed, "
                 f"{self.unchanged} unchanged")
-
-
-def _stat_key(stat: os.stat_result) -> list[int]:
-    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
-
-
-class ScanHashRecord:
-    """SHA-256 of scan files, reused while a file's size, times and inode stay the same.
-
-    Parameters
-    ----------
-    path : pathlib.Path
-        JSON file that keeps the hashes between polls. A missing or unreadable
-        file starts an empty record, because every hash can be computed again.
-    """
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._entries = self._load()
-        self._seen: dict[str, dict] = {}
-        self.hashed = 0
-        self.reused = 0
-
-    def _load(self) -> dict[str, dict]:
-        try:
-            document = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-        if not isinstance(document, dict) or document.get("version") != HASH_RECORD_VERSION:
-            return {}
-        files = document.get("files")
-        return files if isinstance(files, dict) else {}
-
-    def sha256(self, path: Path) -> str:
-        """Return the hex SHA-256 of ``path``, from the record when the file is untouched since."""
-        path = Path(path).resolve()
-        before = path.stat()
-        entry = self._entries.get(str(path))
-        if entry is not None and entry.get("stat") == _stat_key(before):
-            self.reused += 1
-            self._seen[str(path)] = entry
-            return entry["sha256"]
-
-        digest = sha256_file(path)
-        self.hashed += 1
-        after = path.stat()
-        newest_change = max(after.st_mtime_ns, after.st_ctime_ns)
-        if _stat_key(after) == _stat_key(before) and time.time_ns() - newest_change > SETTLED_NS:
-            self._seen[str(path)] = {"stat": _stat_key(after), "sha256": digest}
-        return digest
-
-    def save(self) -> None:
-        """Write the hashes used in this comparison; files not seen again are forgotten."""
-        document = {"version": HASH_RECORD_VERSION, "files": dict(sorted(self._seen.items()))}
-        try:
-            write_atomic(self.path, (json.dumps(document, indent=1) + "\n").encode())
-        except OSError:
-            # The record only saves time; a folder we cannot write to costs a
-            # full hash on the next poll, nothing more.
-            pass
 
 
 def recorded_scans(connection: duckdb.DuckDBPyConnection) -> dict[str, str | None]:

@@ -52,6 +52,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                         help="also measure and sample 24 oblique views (8 angles in 3 planes)")
     parser.add_argument("--resplit", action="store_const", const=True, default=None,
                         help="assign every specimen afresh instead of keeping earlier splits")
+    parser.add_argument("--rehash", dest="rehash_scans", action="store_const", const=True, default=None,
+                        help="hash every scan file again, even one whose size, times and inode are unchanged")
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bars, and no log line per Prefect task run")
 
@@ -62,6 +64,7 @@ def _config_from(args: argparse.Namespace):
     overrides = {field: getattr(args, field) for field, _, _ in CONFIG_FLAGS.values()}
     overrides["oblique_views"] = args.oblique_views
     overrides["resplit"] = args.resplit
+    overrides["rehash_scans"] = args.rehash_scans
     return load_config(args.config, overrides)
 
 

@@ -46,6 +46,9 @@ class BuildConfig(BaseModel):
         (1.0, 1.0, 1.0), description="Voxel size (x, y, z) for TIFF stacks, which do not record one."
     )
     resplit: bool = Field(False, description="Assign every specimen afresh instead of keeping earlier splits.")
+    rehash_scans: bool = Field(
+        False, description="Hash every scan file again, even one whose size, times and inode are unchanged."
+    )
     margin_fraction: float = Field(0.05, ge=0, le=1, description="Crop margin around the mask, as a fraction of its longer side.")
     min_object_size: int = Field(16, ge=0, description="2D mask objects smaller than this many pixels are removed.")
     max_hole_size: int = Field(16, ge=0, description="2D mask holes up to this many pixels are filled.")

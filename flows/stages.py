@@ -20,7 +20,7 @@ from prefect.futures import as_completed
 from catalog.records import PreviousState, insert_rows, prune_slice_rows, store_slice_rows
 from flows import progress
 from flows.config import BuildConfig
-from tasks.discover import discover_scans, iter_scan_files
+from tasks.discover import HASH_RECORD_FILE, ScanHashRecord, discover_scans, iter_scan_files
 from tasks.prefect_tasks import cached_analyse_scan
 from tasks.scan_analysis import analysis_files
 from tasks.species import SpeciesReport, select_species
@@ -49,8 +49,16 @@ def discover(context: BuildContext) -> list[dict]:
     """
     logger = context.logger
     total = len(iter_scan_files(context.scans_root))
+    # The same record as rebuild-on-new-scans keeps, so a scheduled check and
+    # the build it starts hash each scan once between them.
+    hashes = None if context.config.rehash_scans else ScanHashRecord(context.out / "storage" / HASH_RECORD_FILE)
     with progress.stage(logger, "discover", total) as tracker:
-        found, unparsed = discover_scans(context.scans_root, context.config.name_pattern, tracker.advance)
+        found, unparsed = discover_scans(context.scans_root, context.config.name_pattern, tracker.advance, hashes)
+    if hashes is not None:
+        hashes.save()
+        if hashes.reused:
+            logger.info("discover: %d of %d scans have the size, times and inode recorded earlier; not hashed again",
+                        hashes.reused, len(found))
     entries = []
     first_of_content: dict[tuple[str, str, str], str] = {}
     for scan in found:

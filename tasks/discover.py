@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.export import write_atomic
 from tasks.volume import scan_stem
 
 # `<Species>_specimen<N>[<letter>][_<anything>]`: the part after the specimen
@@ -17,6 +20,14 @@ from tasks.volume import scan_stem
 DEFAULT_NAME_PATTERN = r"^(?P<species>.+?)_(?P<specimen>specimen\d+[A-Za-z]?)(?:_(?P<variant>.+))?$"
 
 HASH_CHUNK_BYTES = 1 << 20
+
+HASH_RECORD_FILE = "scan-hashes.json"
+HASH_RECORD_VERSION = 1
+
+# A file changed twice within one tick of the file system clock can keep its
+# times, so a hash is only recorded for a file that has been left alone for
+# this long before it was read.
+SETTLED_NS = 2_000_000_000
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,66 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _stat_key(stat: os.stat_result) -> list[int]:
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+
+
+class ScanHashRecord:
+    """SHA-256 of scan files, reused while a file's size, times and inode stay the same.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        JSON file that keeps the hashes between polls. A missing or unreadable
+        file starts an empty record, because every hash can be computed again.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._entries = self._load()
+        self._seen: dict[str, dict] = {}
+        self.hashed = 0
+        self.reused = 0
+
+    def _load(self) -> dict[str, dict]:
+        try:
+            document = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(document, dict) or document.get("version") != HASH_RECORD_VERSION:
+            return {}
+        files = document.get("files")
+        return files if isinstance(files, dict) else {}
+
+    def sha256(self, path: Path) -> str:
+        """Return the hex SHA-256 of ``path``, from the record when the file is untouched since."""
+        path = Path(path).resolve()
+        before = path.stat()
+        entry = self._entries.get(str(path))
+        if entry is not None and entry.get("stat") == _stat_key(before):
+            self.reused += 1
+            self._seen[str(path)] = entry
+            return entry["sha256"]
+
+        digest = sha256_file(path)
+        self.hashed += 1
+        after = path.stat()
+        newest_change = max(after.st_mtime_ns, after.st_ctime_ns)
+        if _stat_key(after) == _stat_key(before) and time.time_ns() - newest_change > SETTLED_NS:
+            self._seen[str(path)] = {"stat": _stat_key(after), "sha256": digest}
+        return digest
+
+    def save(self) -> None:
+        """Write the hashes used in this comparison; files not seen again are forgotten."""
+        document = {"version": HASH_RECORD_VERSION, "files": dict(sorted(self._seen.items()))}
+        try:
+            write_atomic(self.path, (json.dumps(document, indent=1) + "\n").encode())
+        except OSError:
+            # The record only saves time; a folder we cannot write to costs a
+            # full hash on the next poll, nothing more.
+            pass
+
+
 def parse_scan_name(stem: str, pattern: str = DEFAULT_NAME_PATTERN) -> tuple[str, str, str] | None:
     """Return (species, specimen, variant) from a file stem, or None.
 
@@ -91,12 +162,15 @@ def iter_scan_files(root: Path) -> list[Path]:
 
 
 def discover_scans(root: Path, pattern: str = DEFAULT_NAME_PATTERN,
-                   on_file: Callable[[], None] | None = None) -> tuple[list[Scan], list[UnparsedFile]]:
+                   on_file: Callable[[], None] | None = None,
+                   hashes: ScanHashRecord | None = None) -> tuple[list[Scan], list[UnparsedFile]]:
     """Walk ``root`` for scans, parse their names and hash their content.
 
     Returns the parsed scans, sorted by relative path, and the files whose
     names do not match ``pattern``, each with the reason. ``on_file`` is
-    called once per file examined, for progress reports.
+    called once per file examined, for progress reports. With ``hashes``, a
+    file whose size, times and inode are unchanged since they were recorded
+    is not read again.
     """
     scans: list[Scan] = []
     unparsed: list[UnparsedFile] = []
@@ -120,7 +194,7 @@ def discover_scans(root: Path, pattern: str = DEFAULT_NAME_PATTERN,
                 species=species,
                 specimen=specimen,
                 variant=variant,
-                content_hash=sha256_file(path),
+                content_hash=hashes.sha256(path) if hashes is not None else sha256_file(path),
                 size_bytes=path.stat().st_size,
             )
         )

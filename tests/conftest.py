@@ -43,6 +43,15 @@ def copy_real_cores(target: Path, prefixes: tuple[str, ...]) -> Path:
     return target
 
 
+def flip_last_byte_keeping_mtime(path: Path) -> None:
+    """Change one byte of ``path`` in place, keeping its size and modification time."""
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
 @pytest.fixture(scope="session")
 def real_cores_build(tmp_path_factory) -> Path:
     """Output folder of one build of the real-cores collection, shared by the session's tests.

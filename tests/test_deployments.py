@@ -21,7 +21,7 @@ from deployments.changes import compare_scans, describe_status
 from flows.config import BuildConfig
 from tasks.synthetic import write_collection
 
-from conftest import run_cli
+from conftest import flip_last_byte_keeping_mtime, run_cli
 
 SMALL = ("--target-per-species", "120", "--val-target", "20", "--val-cap", "40")
 SHAPE = (32, 32, 32)
@@ -143,12 +143,7 @@ def test_changes_reuse_hash_of_untouched_file(tmp_path):
     assert (first.hashed, second.hashed, second.hashes_reused) == (8, 0, 8)
 
     # An in-place edit that restores the old modification time must still be seen.
-    target = scans / "Alveolina_specimen3.nii.gz"
-    stat = target.stat()
-    data = bytearray(target.read_bytes())
-    data[-1] ^= 0xFF
-    target.write_bytes(bytes(data))
-    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    flip_last_byte_keeping_mtime(scans / "Alveolina_specimen3.nii.gz")
     third = compare_scans(scans, out)
     assert third.changed == ["Alveolina_specimen3.nii.gz"]
     assert third.hashed == 1

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 from pathlib import Path
 
 import duckdb
@@ -13,7 +15,7 @@ import pytest
 from tasks.export import decode_image
 from tasks.synthetic import write_collection
 
-from conftest import run_cli
+from conftest import flip_last_byte_keeping_mtime, run_cli
 
 SMALL = ("--target-per-species", "120", "--val-target", "20", "--val-cap", "40")
 SCANS = 10
@@ -95,6 +97,34 @@ def test_edit_reanalyses_that_scan_only(rebuild):
     assert _query(out, "SELECT relative_path, change FROM scans WHERE NOT analysis_cached") == [
         ("Chrysalidina_specimen3.nii.gz", "changed")
     ]
+
+
+def test_rebuild_reuses_scan_hashes(rebuild):
+    scans, out, run = rebuild
+    time.sleep(2.1)  # files copied just now are too fresh for their times to be trusted
+    assert run()["analyses_run"] == 0
+    record = json.loads((out / "storage" / "scan-hashes.json").read_text())
+    assert len(record["files"]) == SCANS
+
+    # An in-place edit that keeps the size and restores the modification time
+    # still changes the inode change time, so the scan is hashed again.
+    flip_last_byte_keeping_mtime(scans / "Chrysalidina_specimen3.nii.gz")
+    build = run()
+    assert build["scans_changed"] == 1
+    assert build["analyses_run"] == 1
+
+
+def test_rehash_flag_ignores_record(rebuild):
+    _scans, out, run = rebuild
+    time.sleep(2.1)  # files copied just now are too fresh for their times to be trusted
+    run()
+    path = out / "storage" / "scan-hashes.json"
+    record = json.loads(path.read_text())
+    for entry in record["files"].values():
+        entry["sha256"] = "0" * 64  # a record that no longer matches the files
+    path.write_text(json.dumps(record))
+    build = run("--rehash")
+    assert (build["scans_changed"], build["analyses_run"]) == (0, 0)
 
 
 def test_analysis_parameter_reanalyses_all(rebuild):
