@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,6 +36,10 @@ MAX_REPLACEMENT_ROUNDS = 5
 
 # Images per species on a contact sheet: one row of the sheet.
 CONTACT_SHEET_IMAGES = 8
+
+# Each export task loads its scan's volume, so a scan is cut into several
+# tasks only when every task still gets at least this many images.
+MIN_IMAGES_PER_TASK = 64
 
 
 @dataclass
@@ -136,19 +141,24 @@ def _export_batch(context, batch: list[int], columns: dict, by_path: dict, analy
 
     futures = {}
 
-    def submit(relative_path: str, items: list[tuple[int, dict]]) -> None:
+    def submit(relative_path: str, items: list[tuple[int, dict]], parts: int = 1) -> None:
         scan = by_path[relative_path]
-        future = export_scan_images.submit(
-            scan["file_name"], scan["path"], analyses[relative_path], [request for _, request in items],
-            str(publish.staging_root(context.out)), render, config.image_format, list(config.tiff_voxel_size),
-        )
-        futures[future] = items
+        for chunk in _chunks(items, parts):
+            future = export_scan_images.submit(
+                scan["file_name"], scan["path"], analyses[relative_path], [request for _, request in chunk],
+                str(publish.staging_root(context.out)), render, config.image_format, list(config.tiff_voxel_size),
+            )
+            futures[future] = chunk
 
     # Scans that no earlier build exported from start at once, so that they
-    # render while the flow settles the images of the other scans.
-    for relative_path in sorted(per_scan):
-        if not any(_has_earlier_record(context, request) for _, request in per_scan[relative_path]):
-            submit(relative_path, per_scan.pop(relative_path))
+    # render while the flow settles the images of the other scans. When they
+    # are fewer than the workers, as after one new scan, each is cut into
+    # parts so that every worker renders.
+    fresh = [path for path in sorted(per_scan)
+             if not any(_has_earlier_record(context, request) for _, request in per_scan[path])]
+    parts = max(1, config.max_workers // max(1, len(fresh)))
+    for relative_path in fresh:
+        submit(relative_path, per_scan.pop(relative_path), parts)
 
     # Settle in the flow what an earlier build already did, so that a scan
     # whose images are all in place costs no task and no volume load.
@@ -172,6 +182,16 @@ def _export_batch(context, batch: list[int], columns: dict, by_path: dict, analy
             results.append((position, dict(request, **result)))
     results.sort(key=lambda item: item[0])
     return results
+
+
+def _chunks(items: list, parts: int) -> list[list]:
+    """Cut ``items`` in order into at most ``parts`` runs.
+
+    When there are several runs, each has at least MIN_IMAGES_PER_TASK items.
+    """
+    parts = max(1, min(parts, len(items) // MIN_IMAGES_PER_TASK))
+    size = max(1, math.ceil(len(items) / parts))
+    return [items[start:start + size] for start in range(0, len(items), size)]
 
 
 def _has_earlier_record(context, request: dict) -> bool:

@@ -488,3 +488,17 @@ def test_export_key_changes_with_code_version(monkeypatch):
     monkeypatch.setattr(export_stage, "EXPORT_CODE_VERSION", "export-next")
     changed = export_stage.export_key(request, "params", {"image_size": 224}, "png")
     assert changed != current
+
+
+def test_export_chunks_keep_order():
+    items = list(range(2 * export_stage.MIN_IMAGES_PER_TASK + 1))
+    parts = export_stage._chunks(items, 2)
+    assert len(parts) == 2
+    assert [item for part in parts for item in part] == items
+    assert min(len(part) for part in parts) >= export_stage.MIN_IMAGES_PER_TASK
+
+
+def test_export_chunks_small_scan_whole():
+    items = list(range(2 * export_stage.MIN_IMAGES_PER_TASK - 1))
+    assert export_stage._chunks(items, 2) == [items]
+    assert export_stage._chunks([], 2) == []

@@ -12,6 +12,7 @@ import nibabel
 import numpy as np
 import pytest
 
+from flows import export_stage
 from tasks.export import decode_image
 from tasks.synthetic import write_collection
 
@@ -169,3 +170,23 @@ def test_removed_scan_removes_its_images(rebuild):
     assert build["images_removed"] == len(files)
     assert not [file for file in files if (out / file).exists()]
     assert _query(out, "SELECT count(*) FROM exported_files WHERE scan_hash = ?", [scan_hash]) == [(0,)]
+
+
+def test_new_scan_parts_equal_one_task(tmp_path):
+    """A new scan cut into one export task per worker gives the bytes of a single task."""
+    scans, out = tmp_path / "scans", tmp_path / "out"
+    write_collection(scans, n_species=2, specimens_per_species=3, shape=(48, 48, 48), seed=7)
+    every_slice = ("--target-per-species", "5000", "--val-target", "300", "--val-cap", "5000")
+    assert run_cli("build", scans, out, "--quiet", *every_slice) == 0
+    extra = write_collection(tmp_path / "extra", n_species=1, specimens_per_species=4, shape=(48, 48, 48), seed=7)
+    shutil.copy(extra[-1], scans / extra[-1].name)
+
+    hashes = {}
+    for workers in ("1", "2"):
+        copy = tmp_path / f"out-{workers}"
+        shutil.copytree(out, copy)
+        assert run_cli("build", scans, copy, "--quiet", *every_slice, "--max-workers", workers) == 0
+        build = _last_build(copy)
+        assert build["images_written"] >= 2 * export_stage.MIN_IMAGES_PER_TASK
+        hashes[workers] = json.loads((copy / "manifest.json").read_text())["dataset_hash"]
+    assert hashes["1"] == hashes["2"]
