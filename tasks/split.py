@@ -28,6 +28,7 @@ Objective terms per species, counted in passing slices, the dominant ones first:
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -279,6 +280,10 @@ def _solve_species(
     """Solve one species and return specimen -> split, proven optimality and deterministic time used."""
     model = cp_model.CpModel()
     free = [(name, slices) for name, slices in problem.usable if name not in problem.fixed]
+    # The lean search below is deterministic and ignores the random seed, so
+    # the seed picks the order in which the model lists the specimens. That
+    # order decides which of several equally good splits the search reaches.
+    random.Random(f"{seed}:{problem.species}").shuffle(free)
     choice = {(name, split): model.new_bool_var(f"{name}->{split}") for name, _ in free for split in SPLITS}
     for name, _ in free:
         model.add_exactly_one(choice[(name, split)] for split in SPLITS)

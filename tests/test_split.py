@@ -233,3 +233,11 @@ def test_split_invalid_arguments(arguments, message):
 def test_split_negative_count_rejected():
     with pytest.raises(ValueError, match="-5 passing slices"):
         assign_splits(collection("Alveolina", [100, -5, 300]))
+
+
+def test_seed_picks_among_equal_splits():
+    rows = [SpecimenSlices("Equal", f"specimen{i}", 100) for i in range(1, 7)]
+    plans = {seed: assign_splits(rows, val_target=100, val_cap=200, seed=seed).assignments for seed in range(1, 6)}
+    assert assign_splits(rows, val_target=100, val_cap=200, seed=3).assignments == plans[3]
+    distinct = {tuple(sorted(plan.items())) for plan in plans.values()}
+    assert len(distinct) >= 2
