@@ -60,7 +60,7 @@ def explain_split(connection: duckdb.DuckDBPyConnection, build_id: int | None = 
             count = sum(1 for _, s, _, _ in placed if s == split)
             share = 100.0 * totals[split] / passing if passing else 0.0
             parts.append(
-                f"{split} {count} specimens, {totals[split]} passing slices ({share:.1f}%), "
+                f"{split} {count} specimen{'' if count == 1 else 's'}, {totals[split]} passing slices ({share:.1f}%), "
                 f"{selected.get((species, split), 0)} selected"
             )
         lines.append(f"{species}: " + "; ".join(parts))

@@ -118,7 +118,8 @@ def _run_build(scans_dir: Path, out_dir: Path, args: argparse.Namespace) -> int:
         return EXIT_BUILD_FAILED
     print(
         f"build {summary['build_id']}: {summary['images']} images in {out_dir}, "
-        f"{summary['analyses_run']} analyses run, {summary['analyses_cached']} reused from cache\n"
+        f"{summary['analyses_run']} {'analysis' if summary['analyses_run'] == 1 else 'analyses'} run, "
+        f"{summary['analyses_cached']} reused from cache\n"
         f"dataset hash {summary['dataset_hash']}\nreport {summary['report']}"
     )
     return EXIT_OK

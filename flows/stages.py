@@ -198,8 +198,8 @@ def _log_analysis(logger: logging.Logger, scan: dict, summary: dict) -> None:
         logger.info("scan %s %s: %d of %d slices pass", scan["relative_path"], source,
                     summary["n_passing"], summary["n_slices"])
     else:
-        logger.warning("scan %s %s: status %s, %s", scan["relative_path"], source, summary["status"],
-                       summary["reason"])
+        logger.warning("scan %s%s: status %s, %s", scan["relative_path"], " (cached)" if summary["cached"] else "",
+                       summary["status"], summary["reason"])
     if summary.get("warnings"):
         logger.warning("scan %s: %s", scan["relative_path"], summary["warnings"])
 

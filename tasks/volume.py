@@ -160,6 +160,8 @@ def load_volume(path: Path, *, tiff_voxel_size: tuple[float, float, float] = (1.
         With status ``"corrupt"`` or ``"unsupported"`` and a reason that
         names the problem.
     """
+    if Path(path).stat().st_size == 0:
+        raise ScanReadError("corrupt", "file is empty (0 bytes)")
     kind = sniff_format(path)
     if kind == "tiff":
         raw, zooms, orientation = _read_tiff(path, tiff_voxel_size)
@@ -230,8 +232,11 @@ def _open_nifti_quietly(path: Path, *, compressed: bool) -> nib.Nifti1Image:
                 continue
         raise ImageFileError("not a NIfTI-1 or NIfTI-2 header")
     except (ImageFileError, HeaderDataError, WrapStructError, EOFError, OSError, zlib.error, ValueError) as error:
-        content = "gzip-compressed" if compressed else "not gzip-compressed"
-        raise ScanReadError("corrupt", f"unreadable header ({content}): {error}") from error
+        # The compression is worth naming only when the file name suggests the other one.
+        note = ""
+        if compressed != path.name.lower().endswith(".gz"):
+            note = " (gzip-compressed)" if compressed else " (not gzip-compressed)"
+        raise ScanReadError("corrupt", f"unreadable header{note}: {error}") from error
 
 
 def _read_nifti(image, path: Path):

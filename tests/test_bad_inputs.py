@@ -46,12 +46,18 @@ def write_garbage(path):
     path.write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
 
 
+def write_empty(path):
+    path.write_bytes(b"")
+
+
 BAD = {
     "4d.nii": (write_4d, "unsupported", "4D"),
+    "empty.nii.gz": (write_empty, "corrupt", "file is empty (0 bytes)"),
     "rgb.nii": (write_rgb, "unsupported", "RGB"),
     "truncated.nii": (write_truncated, "corrupt", "truncated"),
     "cut.nii.gz": (write_gzip_cut, "corrupt", ""),
     "garbage.nii": (write_garbage, "corrupt", "header"),
+    "garbage.nii.gz": (write_garbage, "corrupt", "header (not gzip-compressed)"),
 }
 
 
@@ -63,6 +69,8 @@ def test_load_rejects(tmp_path, name):
         load_volume(tmp_path / name)
     assert error.value.status == status
     assert words.lower() in error.value.reason.lower()
+    if name == "garbage.nii":
+        assert "gzip" not in error.value.reason  # the name does not claim gzip, so it is beside the point
 
 
 def scans_rows(out) -> dict:
