@@ -20,7 +20,9 @@ from flows.config import BuildConfig
 from flows.runners import make_task_runner, runner_mismatch
 from tasks.analyse import ANALYSIS_CODE_VERSION
 from tasks import publish
-from tasks.manifest import class_index, dataset_hash, write_classes, write_manifest, write_split_metadata
+from tasks.manifest import (
+    class_index, dataset_hash, repeated_images, write_classes, write_manifest, write_split_metadata,
+)
 
 
 def storage_folder(out_dir: Path, config: BuildConfig) -> Path:
@@ -106,6 +108,11 @@ def _run_build(context: stages.BuildContext, started: datetime) -> dict:
     write_manifest(context.out, files)
     write_classes(context.out, classes)
     report = export_stage.write_report(context, species_reports, plan, scans, analyses, selected, digest)
+    for (species, specimen), count in repeated_images(selected).items():
+        logger.warning(
+            "%s %s: %d images repeat the bytes of another image of this specimen (two of its scans give "
+            "identical slices), so those slices count twice in its split", species, specimen, count,
+        )
 
     logger.info(
         "build %d succeeded: %d images (%d written, %d unchanged, %d removed), %d analyses run, %d cached, "

@@ -26,6 +26,36 @@ def dataset_hash(files: Iterable[tuple[str, str]]) -> str:
     return digest.hexdigest()
 
 
+def repeated_images(rows: Iterable[dict]) -> dict[tuple[str, str], int]:
+    """Count the images that repeat the bytes of another image of the same specimen.
+
+    Two scans of one specimen, such as a scan and its re-export with another
+    intensity scale, can give byte-identical slice images. Each copy is a
+    valid image and stays in the same split, so nothing leaks, but the slice
+    counts twice in that split.
+
+    Parameters
+    ----------
+    rows : iterable of dict
+        Selected images, each with ``species``, ``specimen`` and ``sha256``.
+
+    Returns
+    -------
+    dict
+        ``(species, specimen) -> number of images beyond the first of each
+        repeated content``, only for specimens with at least one.
+    """
+    seen: set[tuple[str, str, str]] = set()
+    repeats: dict[tuple[str, str], int] = {}
+    for row in rows:
+        key = (row["species"], row["specimen"], row["sha256"])
+        if key in seen:
+            specimen = (row["species"], row["specimen"])
+            repeats[specimen] = repeats.get(specimen, 0) + 1
+        seen.add(key)
+    return dict(sorted(repeats.items()))
+
+
 def write_manifest(out_dir: Path, files: list[tuple[str, str]]) -> str:
     """Write ``manifest.json`` (each file's SHA-256 and the dataset hash); return the dataset hash."""
     digest = dataset_hash(files)

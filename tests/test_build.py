@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import REAL_CORES, REAL_SCANS, run_cli
+from tasks.manifest import repeated_images
 
 INCLUDED = ("Bone", "Cement", "Fibers", "NerveTissue")
 SPLIT_FOLDERS = ("train", "val", "test")
@@ -84,6 +85,17 @@ def test_metadata_lists_every_image(real_cores_build):
         assert listed == on_disk
 
 
+def test_repeated_images_counted_per_specimen():
+    rows = [
+        {"species": "A", "specimen": "s1", "sha256": "x"},
+        {"species": "A", "specimen": "s1", "sha256": "x"},
+        {"species": "A", "specimen": "s1", "sha256": "x"},
+        {"species": "A", "specimen": "s2", "sha256": "x"},
+        {"species": "B", "specimen": "s1", "sha256": "y"},
+    ]
+    assert repeated_images(rows) == {("A", "s1"): 2}
+
+
 def test_rebuild_is_identical_and_cached(real_cores_copy, capfd, caplog):
     before = {p.relative_to(real_cores_copy): p.read_bytes() for p in image_files(real_cores_copy)}
     first_hash = json.loads((real_cores_copy / "manifest.json").read_text())["dataset_hash"]
@@ -107,6 +119,9 @@ def test_rebuild_is_identical_and_cached(real_cores_copy, capfd, caplog):
     assert digest == first_hash
     assert "0 analyses run, 33 reused from cache" in logged.out
     assert "scan Bone_specimen3_avizo.nii.gz cached: 186 of 192 slices pass" in caplog.messages
+    # The avizo export repeats the voxels of the same specimen's scan.
+    repeated = [message for message in caplog.messages if "repeat the bytes" in message]
+    assert [message.split(":")[0] for message in repeated] == ["Bone specimen3"]
 
 
 def test_fresh_build_is_byte_identical(real_cores_build, tmp_path):
