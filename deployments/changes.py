@@ -16,7 +16,7 @@ from pathlib import Path
 import duckdb
 
 from catalog.store import CatalogueError, catalogue_path, check_unlocked, open_reader
-from tasks.discover import HASH_RECORD_FILE, ScanHashRecord, iter_scan_files
+from tasks.discover import iter_scan_files, scan_hash_record
 from tasks.publish import staged_build_id, staging_root
 
 
@@ -96,7 +96,7 @@ def compare_scans(scans_dir: Path, out_dir: Path, recorded: dict[str, str | None
         raise FileNotFoundError(f"scans folder {root} not found; pass an existing folder of scans")
     if recorded is None:
         recorded = _recorded_scans_of(Path(out_dir))
-    hashes = ScanHashRecord(Path(out_dir) / "storage" / HASH_RECORD_FILE)
+    hashes = scan_hash_record(out_dir)
     changes = ScanChanges(scans_dir=root)
 
     present = set()

@@ -20,7 +20,7 @@ from prefect.futures import as_completed
 from catalog.records import PreviousState, insert_rows, prune_slice_rows, store_slice_rows
 from flows import progress
 from flows.config import BuildConfig
-from tasks.discover import HASH_RECORD_FILE, ScanHashRecord, discover_scans, iter_scan_files
+from tasks.discover import discover_scans, iter_scan_files, scan_hash_record
 from tasks.prefect_tasks import cached_analyse_scan
 from tasks.scan_analysis import analysis_files
 from tasks.species import SpeciesReport, select_species
@@ -49,9 +49,9 @@ def discover(context: BuildContext) -> list[dict]:
     """
     logger = context.logger
     total = len(iter_scan_files(context.scans_root))
-    # The same record as rebuild-on-new-scans keeps, so a scheduled check and
-    # the build it starts hash each scan once between them.
-    hashes = None if context.config.rehash_scans else ScanHashRecord(context.out / "storage" / HASH_RECORD_FILE)
+    # Builds and rebuild-on-new-scans share this record, so a scheduled check
+    # and the build it starts hash each scan once between them.
+    hashes = None if context.config.rehash_scans else scan_hash_record(context.out)
     with progress.stage(logger, "discover", total) as tracker:
         found, unparsed = discover_scans(context.scans_root, context.config.name_pattern, tracker.advance, hashes)
     if hashes is not None:
@@ -198,8 +198,8 @@ def _log_analysis(logger: logging.Logger, scan: dict, summary: dict) -> None:
         logger.info("scan %s %s: %d of %d slices pass", scan["relative_path"], source,
                     summary["n_passing"], summary["n_slices"])
     else:
-        logger.warning("scan %s%s: status %s, %s", scan["relative_path"], " (cached)" if summary["cached"] else "",
-                       summary["status"], summary["reason"])
+        cached = " (cached)" if summary["cached"] else ""
+        logger.warning("scan %s%s: status %s, %s", scan["relative_path"], cached, summary["status"], summary["reason"])
     if summary.get("warnings"):
         logger.warning("scan %s: %s", scan["relative_path"], summary["warnings"])
 

@@ -76,8 +76,9 @@ class ScanHashRecord:
     Parameters
     ----------
     path : pathlib.Path
-        JSON file that keeps the hashes between polls. A missing or unreadable
-        file starts an empty record, because every hash can be computed again.
+        JSON file that keeps the hashes between builds and scheduled checks. A
+        missing or unreadable file starts an empty record, because every hash
+        can be computed again.
     """
 
     def __init__(self, path: Path):
@@ -116,14 +117,19 @@ class ScanHashRecord:
         return digest
 
     def save(self) -> None:
-        """Write the hashes used in this comparison; files not seen again are forgotten."""
+        """Write the hashes used in this pass; files not seen again are forgotten."""
         document = {"version": HASH_RECORD_VERSION, "files": dict(sorted(self._seen.items()))}
         try:
             write_atomic(self.path, (json.dumps(document, indent=1) + "\n").encode())
         except OSError:
-            # The record only saves time; a folder we cannot write to costs a
-            # full hash on the next poll, nothing more.
+            # The record only saves time. A folder we cannot write to costs a
+            # full hash the next time, nothing more.
             pass
+
+
+def scan_hash_record(out_dir: Path) -> ScanHashRecord:
+    """Return the hash record of the builds into ``out_dir``, kept in its storage folder."""
+    return ScanHashRecord(Path(out_dir) / "storage" / HASH_RECORD_FILE)
 
 
 def parse_scan_name(stem: str, pattern: str = DEFAULT_NAME_PATTERN) -> tuple[str, str, str] | None:

@@ -141,8 +141,9 @@ def _remove_small_objects(mask: np.ndarray, min_size: int) -> tuple[np.ndarray, 
     _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     keep = stats[:, cv2.CC_STAT_AREA] >= min_size
     keep[0] = False
-    kept = int(np.count_nonzero(keep))
-    return (mask if kept == len(keep) - 1 else _keep_labels(labels, keep)), kept
+    object_count = int(np.count_nonzero(keep))
+    cleaned = mask if object_count == len(keep) - 1 else _keep_labels(labels, keep)
+    return cleaned, object_count
 
 
 def _fill_small_holes(mask: np.ndarray, max_size: int) -> np.ndarray:

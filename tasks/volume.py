@@ -234,7 +234,7 @@ def _open_nifti_quietly(path: Path, *, compressed: bool) -> nib.Nifti1Image:
     except (ImageFileError, HeaderDataError, WrapStructError, EOFError, OSError, zlib.error, ValueError) as error:
         # The compression is worth naming only when the file name suggests the other one.
         note = ""
-        if compressed != path.name.lower().endswith(".gz"):
+        if compressed != named_compressed:
             note = " (gzip-compressed)" if compressed else " (not gzip-compressed)"
         raise ScanReadError("corrupt", f"unreadable header{note}: {error}") from error
 
